@@ -1,0 +1,341 @@
+"""A small async SQL interface with two backends: embedded SQLite and MySQL/MariaDB.
+
+SQL is written once with `%s` placeholders; the SQLite backend rewrites them to `?`.
+Driver errors are translated here: `DatabaseUnavailable` when the server cannot be
+reached (the caller may retry later), `DatabaseError` for everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from eventlog.events import EventLogError
+
+Row = tuple[Any, ...]
+Params = Sequence[Any]
+
+
+class DatabaseError(EventLogError):
+    """A database statement failed."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database cannot be reached right now."""
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseUrl:
+    """A parsed DATABASE_URL."""
+
+    kind: str  # "sqlite" or "mysql"
+    path: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 3306
+    user: str = "root"
+    password: str = ""
+    database: str = ""
+
+
+def parse_database_url(url: str) -> DatabaseUrl:
+    """sqlite:///relative.db, sqlite:////abs.db, sqlite:///:memory:, mysql://u:p@h:port/db."""
+    if url.startswith("sqlite:///"):
+        rest = url[len("sqlite:///") :]
+        if not rest:
+            raise ValueError("sqlite URL needs a file path, e.g. sqlite:///data/tlink.db")
+        return DatabaseUrl(kind="sqlite", path=Path(rest))
+    parts = urlsplit(url)
+    if parts.scheme in ("mysql", "mysql+aiomysql", "mysql+pymysql", "mariadb"):
+        database = parts.path.lstrip("/")
+        if not database:
+            raise ValueError("mysql URL needs a database name, e.g. mysql://user:pass@host:3306/tlink")
+        return DatabaseUrl(
+            kind="mysql",
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 3306,
+            user=unquote(parts.username or "root"),
+            password=unquote(parts.password or ""),
+            database=unquote(database),
+        )
+    raise ValueError(f"unknown database URL scheme {parts.scheme or url!r} (use sqlite:/// or mysql://)")
+
+
+class Cursor(ABC):
+    """Statements inside one transaction."""
+
+    @abstractmethod
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run one statement; returns the affected row count."""
+
+    @abstractmethod
+    async def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        """Run one statement for many rows (one multi-row INSERT where the driver can)."""
+
+    @abstractmethod
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        """Run a query and return all rows."""
+
+
+class Database(ABC):
+    """Connections to one database."""
+
+    kind: str
+
+    @abstractmethod
+    def transaction(self) -> Any:
+        """`async with db.transaction() as cur:` commits on success, rolls back on error."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release every connection."""
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        """A read outside any explicit transaction."""
+        async with self.transaction() as cur:
+            rows: list[Row] = await cur.fetchall(sql, params)
+        return rows
+
+    async def execute_script(self, script: str) -> None:
+        """Run `;`-separated DDL statements one by one."""
+        async with self.transaction() as cur:
+            for statement in split_statements(script):
+                await cur.execute(statement)
+
+    async def ping(self) -> None:
+        """Raise DatabaseUnavailable unless a trivial query answers."""
+        await self.fetchall("SELECT 1")
+
+
+def split_statements(script: str) -> list[str]:
+    """Statements of a DDL script (no `;` inside literals, `--` comments dropped)."""
+    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+# ---------------------------------------------------------------- SQLite
+
+
+_PLACEHOLDER = re.compile(r"%s")
+
+
+class _SqliteCursor(Cursor):
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        cursor = await self._conn.execute(_PLACEHOLDER.sub("?", sql), tuple(map(_sqlite_param, params)))
+        return int(cursor.rowcount)
+
+    async def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        if rows:
+            rows = [tuple(map(_sqlite_param, r)) for r in rows]
+            await self._conn.executemany(_PLACEHOLDER.sub("?", sql), rows)
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        cursor = await self._conn.execute(_PLACEHOLDER.sub("?", sql), tuple(map(_sqlite_param, params)))
+        return [tuple(r) for r in await cursor.fetchall()]
+
+
+class SqliteDatabase(Database):
+    """Embedded SQLite in WAL mode: one writer connection, one reader connection."""
+
+    kind = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: Any = None
+        self._reader: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _connect(self) -> Any:
+        import aiosqlite
+
+        conn = await aiosqlite.connect(str(self.path), isolation_level=None)
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA synchronous=FULL")
+        await conn.execute("PRAGMA busy_timeout=30000")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    async def open(self) -> None:
+        """Create the file's folder and connect."""
+        if str(self.path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._connect()
+        self._reader = await self._connect() if str(self.path) != ":memory:" else self._writer
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Cursor]:
+        if self._writer is None:
+            await self.open()
+        async with self._lock:
+            import sqlite3
+
+            try:
+                await self._writer.execute("BEGIN IMMEDIATE")
+                yield _SqliteCursor(self._writer)
+                await self._writer.execute("COMMIT")
+            except BaseException as exc:
+                if self._writer.in_transaction:
+                    await self._writer.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise DatabaseError(f"sqlite: {exc}") from exc
+                raise
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        if self._reader is None:
+            await self.open()
+        import sqlite3
+
+        try:
+            return await _SqliteCursor(self._reader).fetchall(sql, params)
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"sqlite: {exc}") from exc
+
+    async def close(self) -> None:
+        for conn in {id(c): c for c in (self._reader, self._writer) if c is not None}.values():
+            await conn.close()
+        self._reader = self._writer = None
+
+
+# ---------------------------------------------------------------- MySQL / MariaDB
+
+# Client-side codes for a server that went away or cannot be reached.
+_UNAVAILABLE_CODES = {1040, 1053, 2002, 2003, 2005, 2006, 2013, 2014, 2055}
+
+
+def _translate_mysql(exc: BaseException) -> DatabaseError:
+    import pymysql
+
+    if isinstance(exc, pymysql.err.OperationalError | pymysql.err.InterfaceError):
+        code = exc.args[0] if exc.args else None
+        if code in _UNAVAILABLE_CODES or isinstance(exc, pymysql.err.InterfaceError):
+            return DatabaseUnavailable(f"mysql unavailable: {exc}")
+    if isinstance(exc, OSError | asyncio.TimeoutError | ConnectionError):
+        return DatabaseUnavailable(f"mysql unavailable: {exc}")
+    return DatabaseError(f"mysql: {exc}")
+
+
+def _is_driver_error(exc: BaseException) -> bool:
+    import pymysql
+
+    return isinstance(exc, pymysql.err.Error | OSError | asyncio.TimeoutError)
+
+
+def _mysql_param(value: Any) -> Any:
+    """Aware instants are stored as naive UTC (DATETIME has no zone)."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+def _sqlite_param(value: Any) -> Any:
+    """Datetimes as sortable text: instants (aware) with milliseconds, platform times without."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC)
+            return value.strftime("%Y-%m-%d %H:%M:%S.") + f"{value.microsecond // 1000:03d}"
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return value
+
+
+class _MysqlCursor(Cursor):
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        return int(await self._cursor.execute(sql, tuple(map(_mysql_param, params)) or None))
+
+    async def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        if rows:
+            await self._cursor.executemany(sql, [tuple(map(_mysql_param, r)) for r in rows])
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        await self._cursor.execute(sql, tuple(map(_mysql_param, params)) or None)
+        return [tuple(r) for r in await self._cursor.fetchall()]
+
+
+class MysqlDatabase(Database):
+    """An aiomysql pool in autocommit mode; transactions are opened explicitly."""
+
+    kind = "mysql"
+
+    def __init__(self, url: DatabaseUrl, maxsize: int = 10, connect_timeout: float = 3.0) -> None:
+        self.url = url
+        self._maxsize = maxsize
+        self._connect_timeout = connect_timeout
+        self._pool: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _get_pool(self) -> Any:
+        if self._pool is None:
+            async with self._lock:
+                if self._pool is None:
+                    self._pool = await self._create_pool()
+        return self._pool
+
+    async def _create_pool(self) -> Any:
+        import aiomysql
+
+        try:
+            return await aiomysql.create_pool(
+                host=self.url.host,
+                port=self.url.port,
+                user=self.url.user,
+                password=self.url.password,
+                db=self.url.database,
+                autocommit=True,
+                minsize=1,
+                maxsize=self._maxsize,
+                pool_recycle=3600,
+                connect_timeout=self._connect_timeout,
+                charset="utf8mb4",
+            )
+        except Exception as exc:
+            raise _translate_mysql(exc) from exc
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Cursor]:
+        pool = await self._get_pool()
+        try:
+            conn = await pool.acquire()
+        except Exception as exc:
+            raise _translate_mysql(exc) from exc
+        healthy = False
+        try:
+            async with conn.cursor() as cursor:
+                await cursor.execute("BEGIN")
+                yield _MysqlCursor(cursor)
+                await conn.commit()
+            healthy = True
+        except Exception as exc:
+            if _is_driver_error(exc):
+                raise _translate_mysql(exc) from exc
+            raise
+        finally:
+            if not healthy:
+                conn.close()  # a broken or half-done connection never goes back to the pool
+            pool.release(conn)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            await self._pool.wait_closed()
+            self._pool = None
+
+
+async def connect(url: str, **kwargs: Any) -> Database:
+    """A Database for a DATABASE_URL (not yet connected: the first use connects)."""
+    parsed = parse_database_url(url)
+    if parsed.kind == "sqlite":
+        assert parsed.path is not None
+        return SqliteDatabase(parsed.path)
+    return MysqlDatabase(parsed, **kwargs)

@@ -1,0 +1,54 @@
+"""The dead-letter log: authenticated bodies that failed validation, kept with the reason."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+
+from eventlog.events import format_instant, utc_now
+from eventlog.files import fsync_dir
+
+REJECTED_DIR = "rejected"
+
+
+class DeadLetters:
+    """Appends one JSON line per rejected body to `<root>/rejected/rejected-YYYY-MM-DD.log`."""
+
+    def __init__(self, root: Path) -> None:
+        self.folder = root / REJECTED_DIR
+        self._lock = asyncio.Lock()
+
+    def path_for(self, moment: datetime) -> Path:
+        """The file for the UTC day of `moment`."""
+        return self.folder / f"rejected-{moment.strftime('%Y-%m-%d')}.log"
+
+    async def keep(self, body: bytes, reason: str, remote: str | None = None) -> Path:
+        """Durably keep a rejected body; returns the file it went to."""
+        now = utc_now()
+        record: dict[str, object] = {"receivedAt": format_instant(now), "reason": reason, "remote": remote}
+        try:
+            record["body"] = body.decode("utf-8")
+        except UnicodeDecodeError:
+            record["bodyBase64"] = base64.b64encode(body).decode()
+        line = orjson.dumps(record) + b"\n"
+        path = self.path_for(now)
+        async with self._lock:
+            await asyncio.get_running_loop().run_in_executor(None, self._write, path, line)
+        return path
+
+    def _write(self, path: Path, line: bytes) -> None:
+        created = not self.folder.is_dir()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if created:
+            fsync_dir(self.folder.parent)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)

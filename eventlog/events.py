@@ -1,0 +1,126 @@
+"""Events and their one-line JSON encoding in the daily log files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+FORMAT_VERSION = 1
+ZERO_HASH = "0" * 64
+
+PUSH = "push"
+SYNC = "sync"
+SYNC_FAILED = "sync_failed"
+EVENT_TYPES = frozenset({PUSH, SYNC, SYNC_FAILED})
+
+
+class EventLogError(Exception):
+    """Root error of the eventlog package."""
+
+
+class BadLine(EventLogError):
+    """A log line that is not a valid event."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One immutable fact: a push body or a synced device object, as received."""
+
+    id: str
+    type: str
+    received_at: datetime
+    device_id: int
+    user_id: int
+    body: dict[str, Any]
+
+    @property
+    def day(self) -> str:
+        """The UTC day of receipt, which names the daily file."""
+        return self.received_at.strftime("%Y-%m-%d")
+
+
+def new_event_id(now_ms: int | None = None) -> str:
+    """A UUIDv7: time-ordered, so ids sort by the time they were made."""
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= ((rand >> 62) & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    return str(uuid.UUID(int=value))
+
+
+def utc_now() -> datetime:
+    """Now as an aware UTC datetime (millisecond precision is what lines keep)."""
+    return datetime.now(UTC)
+
+
+def format_instant(moment: datetime) -> str:
+    """ISO 8601 UTC with milliseconds and Z, as `receivedAt` is written."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_instant(text: str) -> datetime:
+    """Inverse of format_instant (accepts any ISO 8601 instant with Z)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def line_hash(line: bytes) -> str:
+    """Hex SHA-256 of a line's exact bytes without its newline."""
+    return hashlib.sha256(line).hexdigest()
+
+
+def body_digest(body: dict[str, Any]) -> str:
+    """Identity of a body for duplicate detection: insensitive to key order and spacing."""
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def encode_line(event: Event, prev: str) -> bytes:
+    """The event as one JSON line (without the newline), chained to `prev`."""
+    return orjson.dumps(
+        {
+            "v": FORMAT_VERSION,
+            "id": event.id,
+            "type": event.type,
+            "receivedAt": format_instant(event.received_at),
+            "deviceId": event.device_id,
+            "userId": event.user_id,
+            "prev": prev,
+            "body": event.body,
+        }
+    )
+
+
+def decode_line(line: bytes) -> tuple[Event, str]:
+    """Parse one line back into its event and its `prev` hash; BadLine if it is not one."""
+    try:
+        doc = orjson.loads(line)
+        event = Event(
+            id=str(doc["id"]),
+            type=str(doc["type"]),
+            received_at=parse_instant(doc["receivedAt"]),
+            device_id=_int(doc["deviceId"]),
+            user_id=_int(doc["userId"]),
+            body=doc["body"],
+        )
+        prev = doc["prev"]
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise BadLine(f"not a valid event line: {exc}") from exc
+    if not isinstance(event.body, dict) or not isinstance(prev, str) or len(prev) != 64:
+        raise BadLine("not a valid event line: body must be an object and prev a sha256")
+    return event, prev
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer id, got {value!r}")
+    return value

@@ -1,0 +1,102 @@
+"""Layout of the log root: one folder per device, one file per device per UTC day."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from eventlog.events import EventLogError
+
+_FILE_RE = re.compile(r"^device(\d+)-(\d{4}-\d{2}-\d{2})\.log$")
+READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """One complete line of a log file and where it stands."""
+
+    day: str
+    line_no: int  # 1-based
+    offset: int  # byte offset of the line's first byte
+    raw: bytes  # without the newline
+
+    @property
+    def end(self) -> int:
+        """Offset just past this line's newline."""
+        return self.offset + len(self.raw) + 1
+
+
+def device_dir(root: Path, device_id: int) -> Path:
+    """The folder of one device; the id must already be an int (never user text)."""
+    if not isinstance(device_id, int) or isinstance(device_id, bool) or device_id <= 0:
+        raise EventLogError(f"device id must be a positive integer, got {device_id!r}")
+    return root / str(device_id)
+
+
+def log_path(root: Path, device_id: int, day: str) -> Path:
+    """logs/<deviceId>/device<deviceId>-YYYY-MM-DD.log"""
+    return device_dir(root, device_id) / f"device{device_id}-{day}.log"
+
+
+def device_ids(root: Path) -> list[int]:
+    """Devices that have a folder under the root, ascending."""
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def device_days(root: Path, device_id: int) -> list[str]:
+    """Days that have a log file for the device, oldest first."""
+    folder = device_dir(root, device_id)
+    if not folder.is_dir():
+        return []
+    days = []
+    for name in os.listdir(folder):
+        match = _FILE_RE.match(name)
+        if match and int(match.group(1)) == device_id:
+            days.append(match.group(2))
+    return sorted(days)
+
+
+def read_lines(path: Path, start: int = 0, line_no: int = 1, day: str = "") -> Iterator[LogLine]:
+    """Complete lines of a file from byte offset `start`; an unterminated tail is not yielded."""
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        offset, pending = start, b""
+        while chunk := handle.read(READ_CHUNK):
+            pending += chunk
+            parts = pending.split(b"\n")
+            pending = parts.pop()
+            for raw in parts:
+                yield LogLine(day=day, line_no=line_no, offset=offset, raw=raw)
+                offset += len(raw) + 1
+                line_no += 1
+
+
+def last_line(path: Path) -> bytes | None:
+    """The last complete line of a file (without newline), or None if it has none."""
+    with open(path, "rb") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        tail, pos = b"", end
+        while pos > 0:
+            step = min(READ_CHUNK // 16, pos)
+            pos -= step
+            handle.seek(pos)
+            tail = handle.read(step) + tail
+            stop = tail.rfind(b"\n")
+            if stop >= 0 and (start := tail.rfind(b"\n", 0, stop)) >= 0:
+                return tail[start + 1 : stop]
+        stop = tail.rfind(b"\n")
+        return tail[:stop] if stop >= 0 else None
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a new directory entry durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,274 @@
+"""The append-only log store: hash-chained lines, group commit, durable acknowledgement.
+
+Writers hand an event to `append`, which queues it with a future. One flusher task
+takes everything queued, chains and encodes the lines in queue order, writes each
+touched file once, fdatasyncs the touched files in parallel threads, and only then
+resolves the futures. So an append returns only when its line is on disk, and many
+concurrent appends share one flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from eventlog.events import (
+    ZERO_HASH,
+    Event,
+    EventLogError,
+    encode_line,
+    line_hash,
+    new_event_id,
+    utc_now,
+)
+from eventlog.files import device_days, device_dir, device_ids, fsync_dir, last_line, log_path
+from eventlog.recovery import Repair, repair_all
+
+
+class LogUnavailable(EventLogError):
+    """The log could not be written; nothing of the failed batch is on disk."""
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """Where an event's line landed."""
+
+    event: Event
+    day: str
+    offset: int
+    length: int  # bytes including the newline
+    hash: str
+    prev: str
+
+    @property
+    def end(self) -> int:
+        """Offset just past the line's newline."""
+        return self.offset + self.length
+
+
+@dataclass(slots=True)
+class _Head:
+    """The end of one device's chain: its newest file and last line."""
+
+    day: str | None
+    size: int
+    last_hash: str
+
+
+@dataclass(slots=True)
+class _Pending:
+    event: Event
+    future: asyncio.Future[Appended]
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Lines of one flush, grouped by file."""
+
+    items: list[tuple[_Pending, Appended]] = field(default_factory=list)
+    buffers: dict[tuple[int, str], list[bytes]] = field(default_factory=dict)
+    before: dict[int, _Head] = field(default_factory=dict)
+    new_files: list[Path] = field(default_factory=list)
+
+
+FlushObserver = Callable[[int, int, float], None]  # (lines, bytes, fsync seconds)
+
+
+class LogStore:
+    """Per-device daily JSON Lines files under `root`."""
+
+    def __init__(
+        self,
+        root: Path,
+        clock: Callable[[], datetime] = utc_now,
+        flush_threads: int = 16,
+        max_open_files: int = 1024,
+        on_flush: FlushObserver | None = None,
+    ) -> None:
+        self.root = root
+        self._clock = clock
+        self._heads: dict[int, _Head] = {}
+        self._durable: dict[int, tuple[str | None, int]] = {}
+        self._fds: OrderedDict[tuple[int, str], int] = OrderedDict()
+        self._max_open = max_open_files
+        self._queue: list[_Pending] = []
+        self._wakeup = asyncio.Event()
+        self._pool = ThreadPoolExecutor(flush_threads, thread_name_prefix="fsync")
+        self._task: asyncio.Task[None] | None = None
+        self._last_instant: datetime | None = None
+        self._closing = False
+        self._on_flush = on_flush
+        self.repairs: list[Repair] = []
+
+    async def open(self) -> list[Repair]:
+        """Repair torn tails, then start the flusher; returns the repairs made."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.repairs = await asyncio.get_running_loop().run_in_executor(None, repair_all, self.root)
+        self._task = asyncio.create_task(self._flusher(), name="eventlog-flusher")
+        return self.repairs
+
+    async def close(self) -> None:
+        """Flush what is queued, stop the flusher, close files."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._pool.shutdown(wait=True)
+
+    def new_event(self, type_: str, device_id: int, user_id: int, body: dict[str, Any]) -> Event:
+        """An event stamped now; stamps never go backwards, so queue order is time order."""
+        now = self._clock()
+        if self._last_instant is not None and now < self._last_instant:
+            now = self._last_instant
+        self._last_instant = now
+        ms = int(now.timestamp() * 1000)
+        return Event(new_event_id(ms), type_, now, device_id, user_id, body)
+
+    async def append(self, event: Event) -> Appended:
+        """Append one event; returns once its line is durable (LogUnavailable otherwise)."""
+        if self._closing or self._task is None:
+            raise LogUnavailable("the event log is not open")
+        future: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(event, future))
+        self._wakeup.set()
+        return await future
+
+    def durable_end(self, device_id: int) -> tuple[str | None, int]:
+        """(newest day, bytes of it on disk) of a device: nothing past this is unflushed."""
+        if device_id not in self._durable:
+            self._load_head(device_id)
+        return self._durable[device_id]
+
+    def devices(self) -> list[int]:
+        """Devices with a folder under the root."""
+        return device_ids(self.root)
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch, self._queue = self._queue, []
+            if batch:
+                await self._flush(batch)
+            elif self._closing:
+                return
+
+    async def _flush(self, pending: list[_Pending]) -> None:
+        batch = _Batch()
+        try:
+            for item in pending:
+                self._stage(batch, item)
+            started = asyncio.get_running_loop().time()
+            await self._write_and_sync(batch)
+            elapsed = asyncio.get_running_loop().time() - started
+        except Exception as exc:  # disk full, I/O error: the whole batch fails, heads roll back
+            self._roll_back(batch)
+            error = LogUnavailable(f"could not write the event log: {exc}")
+            for item in pending:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        for item, appended in batch.items:
+            self._durable[appended.event.device_id] = (appended.day, appended.end)
+            if not item.future.done():
+                item.future.set_result(appended)
+        if self._on_flush is not None:
+            size = sum(a.length for _, a in batch.items)
+            self._on_flush(len(batch.items), size, elapsed)
+
+    def _stage(self, batch: _Batch, item: _Pending) -> None:
+        event = item.event
+        head = self._load_head(event.device_id)
+        batch.before.setdefault(event.device_id, _Head(head.day, head.size, head.last_hash))
+        day = event.day
+        if head.day is None or day > head.day:
+            head.day, head.size = day, 0
+            batch.new_files.append(log_path(self.root, event.device_id, day))
+        # A stamp can only be older than the head's day by the width of a midnight
+        # race; such a line joins the current file, which is the one still open.
+        line = encode_line(event, head.last_hash)
+        digest = line_hash(line)
+        appended = Appended(event, head.day, head.size, len(line) + 1, digest, head.last_hash)
+        batch.buffers.setdefault((event.device_id, head.day), []).append(line + b"\n")
+        batch.items.append((item, appended))
+        head.size += len(line) + 1
+        head.last_hash = digest
+
+    async def _write_and_sync(self, batch: _Batch) -> None:
+        fds = []
+        for (device_id, day), lines in batch.buffers.items():
+            fd = self._fd(device_id, day)
+            data = b"".join(lines)
+            if os.write(fd, data) != len(data):
+                raise OSError("short write")
+            fds.append(fd)
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._pool, os.fdatasync, fd) for fd in fds))
+        dirs = {p.parent for p in batch.new_files}
+        if dirs:
+            await asyncio.gather(*(loop.run_in_executor(self._pool, fsync_dir, d) for d in dirs))
+
+    def _roll_back(self, batch: _Batch) -> None:
+        """Cut anything of the failed batch off the files and restore the chain heads."""
+        for device_id, before in batch.before.items():
+            head = self._heads[device_id]
+            if head.day is not None and head.day != before.day:
+                self._truncate(device_id, head.day, 0)
+            if before.day is not None:
+                self._truncate(device_id, before.day, before.size)
+            self._heads[device_id] = before
+
+    def _truncate(self, device_id: int, day: str, size: int) -> None:
+        fd = self._fds.get((device_id, day))
+        try:
+            if fd is not None:
+                os.ftruncate(fd, size)
+            elif size == 0:
+                log_path(self.root, device_id, day).unlink(missing_ok=True)
+        except OSError:
+            pass  # recovery at the next start cuts a torn tail anyway
+
+    def _fd(self, device_id: int, day: str) -> int:
+        key = (device_id, day)
+        fd = self._fds.get(key)
+        if fd is not None:
+            self._fds.move_to_end(key)
+            return fd
+        folder = device_dir(self.root, device_id)
+        if not folder.is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+            fsync_dir(self.root)
+        fd = os.open(log_path(self.root, device_id, day), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._fds[key] = fd
+        for old_key in [k for k in self._fds if k[0] == device_id and k[1] < day]:
+            os.close(self._fds.pop(old_key))  # a passed day is never written again
+        while len(self._fds) > self._max_open:
+            os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def _load_head(self, device_id: int) -> _Head:
+        head = self._heads.get(device_id)
+        if head is None:
+            head = _read_head(self.root, device_id)
+            self._heads[device_id] = head
+            self._durable[device_id] = (head.day, head.size)
+        return head
+
+
+def _read_head(root: Path, device_id: int) -> _Head:
+    for day in reversed(device_days(root, device_id)):
+        path = log_path(root, device_id, day)
+        raw = last_line(path)
+        if raw is not None:  # an empty file chains from the file before it
+            return _Head(day, path.stat().st_size, line_hash(raw))
+    return _Head(None, 0, ZERO_HASH)

@@ -1,0 +1,330 @@
+"""What a batch of logged events changes in the read models, and the merge rules.
+
+The rules make projection idempotent and independent of batch boundaries: applying
+an event twice, or two batches in either order, gives the same rows. Every rule here
+is also written in SQL (projections.sql_recorder); the contract tests hold them equal.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from eventlog.events import PUSH, SYNC, Event, body_digest
+from eventlog.readings import Reading, flag_bool, parse_id, readings_of
+
+BLOCK_LINES = 64
+_USER_NAMESPACE = uuid.UUID("6f1f3c1e-8d55-4c41-9a63-1f3e2b7a9c00")
+
+
+def user_uuid(tlink_user_id: int) -> str:
+    """The users.id of a TLINK user: a UUID derived from the id, so replays agree."""
+    return str(uuid.uuid5(_USER_NAMESPACE, f"tlink-user:{tlink_user_id}"))
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """An event at its place in the log."""
+
+    event: Event
+    day: str
+    line_no: int
+    offset: int
+    length: int
+    hash: str
+
+    @property
+    def end(self) -> int:
+        """Offset just past the line."""
+        return self.offset + self.length
+
+
+@dataclass(frozen=True, slots=True)
+class UserRow:
+    tlink_user_id: int
+    parent_user_id: str | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePushRow:
+    device_id: int
+    tlink_user_id: int
+    parent_user_id: str | None
+    last_flag: str | None
+    last_push_time: datetime | None
+    last_event_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceMetaRow:
+    device_id: int
+    tlink_user_id: int
+    device_name: str | None
+    device_no: str | None
+    group_id: int | None
+    lat: str | None
+    lng: str | None
+    is_line: bool | None
+    meta_updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SensorLatestRow:
+    sensor_id: int
+    device_id: int
+    sensor_type_id: int | None
+    unit: str | None
+    reading: Reading
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SensorMetaRow:
+    sensor_id: int
+    device_id: int
+    sensor_name: str | None
+    sensor_type_id: int | None
+    unit: str | None
+    ordernum: int | None
+    meta_updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRow:
+    device_id: int
+    day: str
+    block_no: int
+    start_offset: int
+    end_offset: int
+    first_line: int
+    min_recorded_at: datetime | None
+    max_recorded_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class FileRow:
+    device_id: int
+    day: str
+    line_count: int
+    byte_count: int
+    last_hash: str
+
+
+@dataclass(slots=True)
+class Changes:
+    """Rows one batch writes, already merged by the rules below."""
+
+    events: list[Placed] = field(default_factory=list)
+    users: dict[int, UserRow] = field(default_factory=dict)
+    device_pushes: dict[int, DevicePushRow] = field(default_factory=dict)
+    device_meta: dict[int, DeviceMetaRow] = field(default_factory=dict)
+    sensor_latest: dict[int, SensorLatestRow] = field(default_factory=dict)
+    sensor_meta: dict[int, SensorMetaRow] = field(default_factory=dict)
+    readings: dict[tuple[int, datetime], tuple[int, Reading, str]] = field(default_factory=dict)
+    blocks: dict[tuple[int, str, int], BlockRow] = field(default_factory=dict)
+    files: dict[tuple[int, str], FileRow] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ merge rules
+
+
+def merge_user(old: UserRow | None, new: UserRow) -> UserRow:
+    if old is None:
+        return new
+    if new.updated_at >= old.updated_at:
+        return replace(new, parent_user_id=new.parent_user_id or old.parent_user_id)
+    return replace(old, parent_user_id=old.parent_user_id or new.parent_user_id)
+
+
+def merge_device_push(old: DevicePushRow | None, new: DevicePushRow) -> DevicePushRow:
+    return new if old is None or new.last_event_at >= old.last_event_at else old
+
+
+def merge_device_meta(old: DeviceMetaRow | None, new: DeviceMetaRow) -> DeviceMetaRow:
+    return new if old is None or new.meta_updated_at >= old.meta_updated_at else old
+
+
+def merge_sensor_latest(old: SensorLatestRow | None, new: SensorLatestRow) -> SensorLatestRow:
+    """Newest reading time wins; on a tie the reading seen first stays."""
+    if old is None:
+        return new
+    type_id = old.sensor_type_id if old.sensor_type_id is not None else new.sensor_type_id
+    unit = old.unit if old.unit is not None else new.unit
+    winner = new if new.reading.recorded_at > old.reading.recorded_at else old
+    return replace(winner, sensor_type_id=type_id, unit=unit)
+
+
+def merge_sensor_meta(old: SensorMetaRow | None, new: SensorMetaRow) -> SensorMetaRow:
+    return new if old is None or new.meta_updated_at >= old.meta_updated_at else old
+
+
+def merge_block(old: BlockRow | None, new: BlockRow) -> BlockRow:
+    if old is None:
+        return new
+    return replace(
+        old,
+        start_offset=min(old.start_offset, new.start_offset),
+        end_offset=max(old.end_offset, new.end_offset),
+        first_line=min(old.first_line, new.first_line),
+        min_recorded_at=_least(old.min_recorded_at, new.min_recorded_at),
+        max_recorded_at=_greatest(old.max_recorded_at, new.max_recorded_at),
+    )
+
+
+def merge_file(old: FileRow | None, new: FileRow) -> FileRow:
+    return new if old is None or new.byte_count >= old.byte_count else old
+
+
+def _least(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _greatest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _put(target: dict[Any, Any], key: Any, row: Any, merge: Any) -> None:
+    target[key] = merge(target.get(key), row)
+
+
+# ------------------------------------------------------------------ events to rows
+
+
+def changes_of(batch: list[Placed]) -> Changes:
+    """All rows a batch of placed events writes."""
+    changes = Changes()
+    for placed in batch:
+        add_event(changes, placed)
+    return changes
+
+
+def add_event(changes: Changes, placed: Placed) -> None:
+    """Fold one event into the batch's changes."""
+    event = placed.event
+    changes.events.append(placed)
+    readings = readings_of(event)
+    _put(changes.users, event.user_id, _user_row(event), merge_user)
+    if event.type == PUSH:
+        _put(changes.device_pushes, event.device_id, _device_push_row(event), merge_device_push)
+        types = {int(e["sensorsId"]): e for e in event.body["sensorsDates"]}
+        for reading in readings:
+            entry = types.get(reading.sensor_id, {})
+            _add_reading(changes, event, reading, _int_or_none(entry.get("sensorsTypeId")), entry.get("unit"))
+    elif event.type == SYNC:
+        _put(changes.device_meta, event.device_id, _device_meta_row(event), merge_device_meta)
+        for meta in _sensor_meta_rows(event):
+            _put(changes.sensor_meta, meta.sensor_id, meta, merge_sensor_meta)
+        for reading in readings:
+            _add_reading(changes, event, reading, None, None)
+    block_no = (placed.line_no - 1) // BLOCK_LINES
+    times = [r.recorded_at for r in readings]
+    block = BlockRow(
+        device_id=event.device_id,
+        day=placed.day,
+        block_no=block_no,
+        start_offset=placed.offset,
+        end_offset=placed.end,
+        first_line=placed.line_no,
+        min_recorded_at=min(times, default=None),
+        max_recorded_at=max(times, default=None),
+    )
+    _put(changes.blocks, (event.device_id, placed.day, block_no), block, merge_block)
+    file_row = FileRow(event.device_id, placed.day, placed.line_no, placed.end, placed.hash)
+    _put(changes.files, (event.device_id, placed.day), file_row, merge_file)
+
+
+def _add_reading(changes: Changes, event: Event, reading: Reading, type_id: int | None, unit: Any) -> None:
+    key = (reading.sensor_id, reading.recorded_at)
+    changes.readings.setdefault(key, (event.device_id, reading, event.id))
+    row = SensorLatestRow(
+        sensor_id=reading.sensor_id,
+        device_id=event.device_id,
+        sensor_type_id=type_id,
+        unit=_short(unit, 64),
+        reading=reading,
+        event_id=event.id,
+    )
+    _put(changes.sensor_latest, reading.sensor_id, row, merge_sensor_latest)
+
+
+def _user_row(event: Event) -> UserRow:
+    parent = event.body.get("parentUserId") if event.type == PUSH else None
+    return UserRow(event.user_id, _short(parent, 64), event.received_at)
+
+
+def _device_push_row(event: Event) -> DevicePushRow:
+    body = event.body
+    try:
+        sent: datetime | None = datetime.strptime(str(body.get("time")), "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        sent = None
+    return DevicePushRow(
+        device_id=event.device_id,
+        tlink_user_id=event.user_id,
+        parent_user_id=_short(body.get("parentUserId"), 64),
+        last_flag=_short(body.get("flag"), 16),
+        last_push_time=sent,
+        last_event_at=event.received_at,
+    )
+
+
+def _device_meta_row(event: Event) -> DeviceMetaRow:
+    body = event.body
+    return DeviceMetaRow(
+        device_id=event.device_id,
+        tlink_user_id=event.user_id,
+        device_name=_short(body.get("deviceName"), 255),
+        device_no=_short(body.get("deviceNo"), 128),
+        group_id=_int_or_none(body.get("groupId")),
+        lat=_short(body.get("lat"), 32) or None,
+        lng=_short(body.get("lng"), 32) or None,
+        is_line=flag_bool(body.get("isLine")),
+        meta_updated_at=event.received_at,
+    )
+
+
+def _sensor_meta_rows(event: Event) -> list[SensorMetaRow]:
+    rows = []
+    for sensor in event.body.get("sensorsList") or []:
+        sensor_id = _int_or_none(sensor.get("id")) if isinstance(sensor, dict) else None
+        if sensor_id is None:
+            continue
+        rows.append(
+            SensorMetaRow(
+                sensor_id=sensor_id,
+                device_id=event.device_id,
+                sensor_name=_short(sensor.get("sensorName"), 255),
+                sensor_type_id=_int_or_none(sensor.get("sensorTypeId")),
+                unit=_short(sensor.get("unit"), 64),
+                ordernum=_int_or_none(sensor.get("ordernum")),
+                meta_updated_at=event.received_at,
+            )
+        )
+    return rows
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return parse_id(value, "id") if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _short(value: Any, limit: int) -> str | None:
+    """Text cut to its column's width, so odd vendor data never stops the projection."""
+    return None if value is None else str(value)[:limit]
+
+
+def event_row_body(event: Event) -> str:
+    """The body as stored in the events table."""
+    return orjson.dumps(event.body).decode()
+
+
+def push_digest(event: Event) -> str | None:
+    """Duplicate-detection key: pushes only."""
+    return body_digest(event.body) if event.type == PUSH else None

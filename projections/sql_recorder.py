@@ -1,0 +1,214 @@
+"""The recorder on a SQL database (SQLite or MySQL/MariaDB): one transaction a batch."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from eventlog.db import Database
+from projections.changes import Changes, event_row_body, push_digest, user_uuid
+from projections.recorder import Position, Recorder
+from projections.schema import apply_schema, drop_all
+
+_NEW = re.compile(r"\bnew\.(\w+)")
+_OLD = re.compile(r"\bold\.(\w+)")
+
+
+def newer(column: str, strict: bool = False) -> str:
+    """Condition: the incoming row's `column` is set and later than the stored one."""
+    op = ">" if strict else ">="
+    return f"(new.{column} IS NOT NULL AND (old.{column} IS NULL OR new.{column} {op} old.{column}))"
+
+
+def when(condition: str, columns: Sequence[str]) -> dict[str, str]:
+    """SET clauses taking each column from the incoming row when `condition` holds."""
+    return {c: f"CASE WHEN {condition} THEN new.{c} ELSE old.{c} END" for c in columns}
+
+
+def least(column: str, pick: str = "<") -> str:
+    """The smaller (or with '>' the larger) of stored and incoming, ignoring NULLs."""
+    return (
+        f"CASE WHEN old.{column} IS NULL THEN new.{column} WHEN new.{column} IS NULL THEN old.{column} "
+        f"WHEN new.{column} {pick} old.{column} THEN new.{column} ELSE old.{column} END"
+    )
+
+
+def upsert(kind: str, table: str, columns: Sequence[str], key: Sequence[str], sets: dict[str, str]) -> str:
+    """INSERT ... ON CONFLICT/ON DUPLICATE KEY UPDATE for either backend.
+
+    `sets` are written with `new.col` and `old.col`. MySQL evaluates SET clauses left to
+    right, later ones seeing earlier results, so the column a condition tests comes last.
+    """
+    placeholders = ", ".join(["%s"] * len(columns))
+    head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})"
+    if kind == "mysql":
+        new, old = r"VALUES(\1)", r"\1"
+    else:
+        new, old = r"excluded.\1", table + r".\1"
+    body = ", ".join(c + " = " + _OLD.sub(old, _NEW.sub(new, e)) for c, e in sets.items())
+    if kind == "mysql":
+        return f"{head} ON DUPLICATE KEY UPDATE {body}"
+    return f"{head} ON CONFLICT ({', '.join(key)}) DO UPDATE SET {body}"
+
+
+def insert_ignore(kind: str, table: str, columns: Sequence[str]) -> str:
+    """INSERT that skips rows whose key is already there."""
+    verb = "INSERT IGNORE" if kind == "mysql" else "INSERT OR IGNORE"
+    return f"{verb} INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
+
+
+EVENT_COLUMNS = (
+    "event_id", "type", "device_id", "user_id", "received_at", "log_day",
+    "line_no", "byte_offset", "body_hash", "line_hash", "body",
+)  # fmt: skip
+USER_COLUMNS = ("id", "tlink_user_id", "parent_user_id", "updated_at")
+PUSH_COLUMNS = (
+    "device_id", "user_id", "tlink_user_id", "parent_user_id", "last_flag", "last_push_time", "last_event_at",
+)  # fmt: skip
+META_COLUMNS = (
+    "device_id", "user_id", "tlink_user_id", "device_name", "device_no",
+    "group_id", "lat", "lng", "is_line", "meta_updated_at",
+)  # fmt: skip
+LATEST_COLUMNS = (
+    "sensor_id", "device_id", "sensor_type_id", "unit", "latest_value", "latest_raw_value",
+    "latest_sensor_timestamp", "is_alarm", "is_line", "latest_recorded_at",
+)  # fmt: skip
+SENSOR_META_COLUMNS = ("sensor_id", "device_id", "sensor_name", "sensor_type_id", "unit", "ordernum", "meta_updated_at")
+READING_COLUMNS = (
+    "sensor_id", "recorded_at", "device_id", "sensor_timestamp", "value",
+    "raw_value", "is_alarm", "is_line", "event_id",
+)  # fmt: skip
+BLOCK_COLUMNS = (
+    "device_id", "log_day", "block_no", "start_offset", "end_offset",
+    "first_line", "min_recorded_at", "max_recorded_at",
+)  # fmt: skip
+FILE_COLUMNS = ("device_id", "log_day", "line_count", "byte_count", "last_hash")
+
+
+class Statements:
+    """The write statements of one backend, with read-model table names that can be renamed."""
+
+    def __init__(self, kind: str, suffix: str = "") -> None:
+        def t(name: str) -> str:
+            return name + suffix
+
+        self.events = insert_ignore(kind, "events", EVENT_COLUMNS)
+        user_sets = {
+            "parent_user_id": f"CASE WHEN {newer('updated_at')} THEN COALESCE(new.parent_user_id, old.parent_user_id)"
+            " ELSE COALESCE(old.parent_user_id, new.parent_user_id) END",
+            **when(newer("updated_at"), ["updated_at"]),
+        }
+        self.users = upsert(kind, t("users"), USER_COLUMNS, ["tlink_user_id"], user_sets)
+        self.device_push = upsert(
+            kind, t("devices"), PUSH_COLUMNS, ["device_id"], when(newer("last_event_at"), PUSH_COLUMNS[1:])
+        )
+        self.device_meta = upsert(
+            kind, t("devices"), META_COLUMNS, ["device_id"], when(newer("meta_updated_at"), META_COLUMNS[1:])
+        )
+        latest_sets = {
+            "device_id": "new.device_id",
+            "sensor_type_id": "COALESCE(old.sensor_type_id, new.sensor_type_id)",
+            "unit": "COALESCE(old.unit, new.unit)",
+            **when(newer("latest_recorded_at", strict=True), LATEST_COLUMNS[4:]),
+        }
+        self.sensor_latest = upsert(kind, t("sensors"), LATEST_COLUMNS, ["sensor_id"], latest_sets)
+        self.sensor_meta = upsert(
+            kind, t("sensors"), SENSOR_META_COLUMNS, ["sensor_id"],
+            when(newer("meta_updated_at"), SENSOR_META_COLUMNS[1:]),
+        )  # fmt: skip
+        self.readings = insert_ignore(kind, t("sensor_readings"), READING_COLUMNS)
+        block_sets = {
+            "start_offset": least("start_offset"),
+            "end_offset": least("end_offset", ">"),
+            "first_line": least("first_line"),
+            "min_recorded_at": least("min_recorded_at"),
+            "max_recorded_at": least("max_recorded_at", ">"),
+        }
+        self.blocks = upsert(kind, "log_blocks", BLOCK_COLUMNS, ["device_id", "log_day", "block_no"], block_sets)
+        self.files = upsert(
+            kind, "log_files", FILE_COLUMNS, ["device_id", "log_day"],
+            when("new.byte_count >= old.byte_count", ["line_count", "last_hash", "byte_count"]),
+        )  # fmt: skip
+
+
+def _flag(value: bool | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def read_model_rows(changes: Changes) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """(statement attribute, rows) pairs for the read-model tables, in write order."""
+    return [
+        ("users", [(user_uuid(u.tlink_user_id), u.tlink_user_id, u.parent_user_id, u.updated_at)
+                   for u in changes.users.values()]),
+        ("device_meta", [(m.device_id, user_uuid(m.tlink_user_id), m.tlink_user_id, m.device_name, m.device_no,
+                          m.group_id, m.lat, m.lng, _flag(m.is_line), m.meta_updated_at)
+                         for m in changes.device_meta.values()]),
+        ("device_push", [(p.device_id, user_uuid(p.tlink_user_id), p.tlink_user_id, p.parent_user_id,
+                          p.last_flag, p.last_push_time, p.last_event_at) for p in changes.device_pushes.values()]),
+        ("sensor_meta", [(s.sensor_id, s.device_id, s.sensor_name, s.sensor_type_id, s.unit, s.ordernum,
+                          s.meta_updated_at) for s in changes.sensor_meta.values()]),
+        ("sensor_latest", [(s.sensor_id, s.device_id, s.sensor_type_id, s.unit, s.reading.value, s.reading.raw_value,
+                            s.reading.sensor_timestamp, _flag(s.reading.is_alarm), _flag(s.reading.is_line),
+                            s.reading.recorded_at) for s in changes.sensor_latest.values()]),
+        ("readings", [(r.sensor_id, r.recorded_at, device_id, r.sensor_timestamp, r.value, r.raw_value,
+                       _flag(r.is_alarm), _flag(r.is_line), event_id)
+                      for device_id, r, event_id in changes.readings.values()]),
+    ]  # fmt: skip
+
+
+def log_rows(changes: Changes) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """(statement attribute, rows) pairs for the events table and the log's side tables."""
+    events = [
+        (p.event.id, p.event.type, p.event.device_id, p.event.user_id, p.event.received_at, p.day, p.line_no,
+         p.offset, push_digest(p.event), p.hash, event_row_body(p.event))
+        for p in changes.events
+    ]  # fmt: skip
+    blocks = [
+        (b.device_id, b.day, b.block_no, b.start_offset, b.end_offset, b.first_line, b.min_recorded_at,
+         b.max_recorded_at) for b in changes.blocks.values()
+    ]  # fmt: skip
+    files = [(f.device_id, f.day, f.line_count, f.byte_count, f.last_hash) for f in changes.files.values()]
+    return [("events", events), ("blocks", blocks), ("files", files)]
+
+
+class SqlRecorder(Recorder):
+    """Writes batches with one multi-row statement per table, all in one transaction."""
+
+    def __init__(self, db: Database, auto_schema: bool = False) -> None:
+        self.db = db
+        self.statements = Statements(db.kind)
+        self._auto_schema = auto_schema
+
+    async def record(self, changes: Changes) -> None:
+        async with self.db.transaction() as cur:
+            for name, rows in log_rows(changes) + read_model_rows(changes):
+                await cur.executemany(getattr(self.statements, name), rows)
+
+    async def positions(self) -> dict[int, Position]:
+        if self._auto_schema:  # first contact with the database: make sure the tables exist
+            await apply_schema(self.db)
+            self._auto_schema = False
+        rows = await self.db.fetchall(
+            "SELECT f.device_id, f.log_day, f.line_count, f.byte_count, f.last_hash FROM log_files f"
+            " JOIN (SELECT device_id, MAX(log_day) AS log_day FROM log_files GROUP BY device_id) m"
+            " ON m.device_id = f.device_id AND m.log_day = f.log_day"
+        )
+        return {int(r[0]): Position(str(r[1]), int(r[2]), int(r[3]), str(r[4])) for r in rows}
+
+    async def known_pushes(self, keys: Iterable[tuple[int, str]]) -> dict[tuple[int, str], str]:
+        wanted = set(keys)
+        if not wanted:
+            return {}
+        digests = sorted({digest for _, digest in wanted})
+        rows = await self.db.fetchall(
+            "SELECT device_id, body_hash, event_id FROM events"
+            f" WHERE body_hash IN ({', '.join(['%s'] * len(digests))})",
+            digests,
+        )
+        found = {(int(r[0]), str(r[1])): str(r[2]) for r in rows}
+        return {key: event_id for key, event_id in found.items() if key in wanted}
+
+    async def reset(self) -> None:
+        await drop_all(self.db)
+        await apply_schema(self.db)

@@ -1,0 +1,52 @@
+"""The application factory: every long-lived resource is opened and closed here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from eventlog.db import connect
+from eventlog.deadletter import DeadLetters
+from eventlog.store import LogStore
+from projections.projector import Projector
+from projections.sql_recorder import SqlRecorder
+from service import webhook
+from service.config import Settings
+from service.errors import error_middleware
+from service.ingest import Ingestor
+from service.keys import DATABASE, DEAD_LETTERS, INGESTOR, PROJECTOR, RECORDER, SETTINGS, STORE
+
+log = logging.getLogger("tlink.app")
+
+
+async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Database, log store, projector and ingestor, for the app's lifetime."""
+    settings = app[SETTINGS]
+    db = await connect(settings.DATABASE_URL, maxsize=settings.DB_POOL_SIZE)
+    store = LogStore(settings.SYNC_LOG_DIR)
+    for repair in await store.open():
+        log.warning(
+            "torn log tail moved aside",
+            extra={"file": str(repair.path), "quarantine": str(repair.quarantine), "bytes": repair.moved_bytes},
+        )
+    recorder = SqlRecorder(db, auto_schema=settings.AUTO_APPLY_SCHEMA)
+    projector = Projector(recorder, settings.SYNC_LOG_DIR, store.durable_end, store.devices)
+    await projector.start()
+    app[DATABASE], app[STORE], app[RECORDER], app[PROJECTOR] = db, store, recorder, projector
+    app[INGESTOR] = Ingestor(store, projector, recorder)
+    app[DEAD_LETTERS] = DeadLetters(settings.SYNC_LOG_DIR)
+    yield
+    await store.close()  # in-flight appends finish first: they were (or will be) answered
+    await projector.stop()
+    await db.close()
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The aiohttp application for these settings; nothing is opened until it starts."""
+    app = web.Application(client_max_size=settings.MAX_BODY_BYTES, middlewares=[error_middleware])
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(storage_ctx)
+    webhook.setup(app)
+    return app

@@ -1,0 +1,119 @@
+"""Settings: typed, parsed once from the environment and `.env`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from eventlog.db import parse_database_url
+
+SECRET_SETTINGS = frozenset(
+    {"SECRET_KEY", "PUSH_WEBHOOK_SECRET", "WEBHOOK_TOKEN", "API_KEYS", "TLINK_OAUTH_CLIENT_SECRET",
+     "TLINK_OAUTH_PASSWORD", "DATABASE_URL"}
+)  # fmt: skip
+
+
+class SettingsError(Exception):
+    """A setting has a wrong value; the message is one line naming it."""
+
+
+def _csv(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, list):
+        return [str(v).strip() for v in value if str(v).strip()]
+    raise ValueError("must be a comma-separated list")
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; names are the environment variables'."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True, frozen=True
+    )
+
+    DATABASE_URL: str = "sqlite:///data/tlink.db"
+    AUTO_APPLY_SCHEMA: bool = True
+    DB_POOL_SIZE: int = Field(10, ge=1, le=200)
+    SECRET_KEY: str = ""
+    PUSH_WEBHOOK_SECRET: str = ""
+    WEBHOOK_TOKEN: str = ""
+    API_KEYS: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    SYNC_LOG_DIR: Path = Path("logs")
+    LOG_AGE: int = Field(90, ge=1)
+    HOST: str = "0.0.0.0"
+    PORT: int = Field(5000, ge=1, le=65535)
+    USE_HTTPS: bool = True
+    SSL_CERT_FILE: Path | None = None
+    SSL_KEY_FILE: Path | None = None
+    SSL_AUTO_GENERATE: bool = True
+    SSL_CERT_DIR: Path = Path("instance/certs")
+    CORS_ALLOWED_ORIGINS: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
+    DEFAULT_PAGE_SIZE: int = Field(25, ge=1)
+    MAX_PAGE_SIZE: int = Field(100, ge=1)
+    DEFAULT_HISTORY_LIMIT: int = Field(50, ge=0)
+    MAX_HISTORY_LIMIT: int = Field(1000, ge=1)
+    MAX_BODY_BYTES: int = Field(1_048_576, ge=1024)
+    LOG_FORMAT: Literal["text", "json"] = "text"
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    ACCESS_LOG: bool = False
+    TLINK_BASE_URL: str = "https://app.dtuip.com"
+    TLINK_SENSOR_DATA_PATH: str = "/api/device/getDeviceSensorDatas"
+    TLINK_SENSOR_HTTP_METHOD: Literal["GET", "POST"] = "GET"
+    TLINK_HTTP_TIMEOUT: float = Field(10.0, gt=0)
+    TLINK_APP_ID: str = ""
+    TLINK_OAUTH_TOKEN_URL: str = ""
+    TLINK_OAUTH_CLIENT_ID: str = ""
+    TLINK_OAUTH_CLIENT_SECRET: str = ""
+    TLINK_OAUTH_USERNAME: str = ""
+    TLINK_OAUTH_PASSWORD: str = ""
+    TLINK_OAUTH_SCOPE: str = ""
+    TLINK_OAUTH_REFRESH_BUFFER: int = Field(60, ge=0)
+    TLINK_SYNC_ENABLED: bool = False
+    TLINK_SYNC_INTERVAL_SECONDS: int = Field(60, ge=5)
+    TLINK_SYNC_PAGE_SIZE: int = Field(10, ge=1, le=100)
+    TLINK_SYNC_USER_IDS: Annotated[list[int], NoDecode] = Field(default_factory=list)
+
+    @field_validator("API_KEYS", "CORS_ALLOWED_ORIGINS", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> list[str]:
+        return _csv(value)
+
+    @field_validator("TLINK_SYNC_USER_IDS", mode="before")
+    @classmethod
+    def _user_ids(cls, value: object) -> list[int]:
+        ids = []
+        for part in _csv(value):
+            if not part.isdigit() or int(part) <= 0:
+                raise ValueError(f"{part!r} is not a positive integer user id")
+            ids.append(int(part))
+        return ids
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        parse_database_url(value)
+        return value
+
+    @field_validator("TLINK_SENSOR_HTTP_METHOD", mode="before")
+    @classmethod
+    def _method(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def sync_configured(self) -> bool:
+        """Sync has user ids and credentials to work with."""
+        return bool(self.TLINK_SYNC_USER_IDS and self.TLINK_OAUTH_USERNAME and self.TLINK_OAUTH_CLIENT_ID)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Parse the settings once; a bad value raises SettingsError naming it in one line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise SettingsError(f"invalid setting {name}: {first['msg']}") from None

@@ -1,0 +1,122 @@
+"""Turning a push body or a synced device into a durable event and projected rows."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from eventlog.db import DatabaseError
+from eventlog.events import PUSH, SYNC, body_digest
+from eventlog.readings import parse_push
+from eventlog.store import Appended, LogStore
+from projections.projector import Projector
+from projections.recorder import Recorder
+
+log = logging.getLogger("tlink.ingest")
+
+PushKey = tuple[int, str]
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    """The answer to one push."""
+
+    event_id: str | None
+    stored_readings: int
+    duplicate: bool
+    projected: bool
+
+
+class KnownPushes:
+    """Which push bodies are already stored: a bounded memory, then one batched query."""
+
+    def __init__(self, recorder: Recorder, capacity: int = 100_000) -> None:
+        self._recorder = recorder
+        self._recent: OrderedDict[PushKey, str] = OrderedDict()
+        self._capacity = capacity
+        self._pending: dict[PushKey, asyncio.Future[str | None]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def remember(self, key: PushKey, event_id: str) -> None:
+        """Record a stored push."""
+        self._recent[key] = event_id
+        if len(self._recent) > self._capacity:
+            self._recent.popitem(last=False)
+
+    async def lookup(self, key: PushKey) -> str | None:
+        """The stored event id of an identical push, or None (also when the database is down)."""
+        if key in self._recent:
+            return self._recent[key]
+        future = self._pending.get(key)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._pending[key] = future
+            if self._task is None or self._task.done():
+                self._task = asyncio.create_task(self._drain())
+        return await asyncio.shield(future)
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, {}
+            try:
+                found = await self._recorder.known_pushes(batch.keys())
+            except DatabaseError as exc:
+                log.debug("duplicate check skipped: %s", exc)
+                found = {}
+            for key, future in batch.items():
+                if not future.done():
+                    future.set_result(found.get(key))
+
+
+class Ingestor:
+    """The write side: check, append durably, project, answer."""
+
+    def __init__(self, store: LogStore, projector: Projector, recorder: Recorder) -> None:
+        self.store = store
+        self.projector = projector
+        self.known = KnownPushes(recorder)
+        self._inflight: dict[PushKey, asyncio.Future[str | None]] = {}
+
+    async def push(self, body: dict[str, Any]) -> PushResult:
+        """Store one push body (InvalidBody if it cannot be accepted)."""
+        parsed = parse_push(body)
+        key = (parsed.device_id, body_digest(body))
+        earlier = self._inflight.get(key)
+        if earlier is not None:  # the same body is being stored right now
+            event_id = await asyncio.shield(earlier)
+            if event_id is not None:
+                return PushResult(event_id, 0, True, True)
+        stored = await self.known.lookup(key)
+        if stored is not None:
+            return PushResult(stored, 0, True, True)
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            appended = await self._append(PUSH, parsed.device_id, parsed.user_id, body)
+            self.known.remember(key, appended.event.id)
+            future.set_result(appended.event.id)
+        except BaseException:
+            future.set_result(None)
+            raise
+        finally:
+            del self._inflight[key]
+        projected = await self.projector.project(appended)
+        return PushResult(appended.event.id, len(parsed.readings), False, projected)
+
+    async def sync_device(self, user_id: int, device: dict[str, Any]) -> Appended:
+        """Store one device object pulled from TLINK and project it."""
+        appended = await self._append(SYNC, int(device["id"]), user_id, device)
+        await self.projector.project(appended)
+        return appended
+
+    async def record(self, type_: str, device_id: int, user_id: int, body: dict[str, Any]) -> Appended:
+        """Store an event of another type (for example a failed sync) and project it."""
+        appended = await self._append(type_, device_id, user_id, body)
+        await self.projector.project(appended)
+        return appended
+
+    async def _append(self, type_: str, device_id: int, user_id: int, body: dict[str, Any]) -> Appended:
+        return await self.store.append(self.store.new_event(type_, device_id, user_id, body))

@@ -1,0 +1,247 @@
+"""Logging setup (text and JSON lines) and masking of secrets."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from service.logs import describe_settings, mask_secret, setup_logging
+
+TEXT_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (?P<level>[A-Z]+) (?P<rest>.*)$"
+)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """Leave the root and access loggers as the test found them."""
+    root = logging.getLogger()
+    access = logging.getLogger("aiohttp.access")
+    saved = (list(root.handlers), root.level, access.level)
+    yield
+    for handler in root.handlers[:]:
+        if handler not in saved[0]:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(saved[1])
+    access.setLevel(saved[2])
+
+
+def _lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    return capsys.readouterr().err.splitlines()
+
+
+def test_json_lines_carry_core_fields_and_extras(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    setup_logging("json")
+
+    logging.getLogger("tlink.sync").info(
+        "sync done", extra={"devices": 5, "user": "a b"}
+    )
+    logging.getLogger("tlink.push").warning("late reading %s", "x\ny")
+
+    first, second = (json.loads(line) for line in _lines(capsys))
+    assert first == {
+        "ts": first["ts"],
+        "level": "INFO",
+        "logger": "tlink.sync",
+        "msg": "sync done",
+        "devices": 5,
+        "user": "a b",
+    }
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["ts"])
+    assert second["msg"] == "late reading x\ny", "newlines stay inside one JSON line"
+    assert second["level"] == "WARNING"
+
+
+def test_json_keeps_exceptions_and_odd_values_on_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    setup_logging("json")
+    log = logging.getLogger("tlink.projector")
+
+    try:
+        raise RuntimeError("projector stopped")
+    except RuntimeError:
+        log.exception("failed", extra={"path": object(), "msg_": 1, "level_": "x"})
+
+    (line,) = _lines(capsys)
+    record = json.loads(line)
+    assert record["level"] == "ERROR"
+    assert "RuntimeError: projector stopped" in record["exc"]
+    assert record["path"].startswith("<object object")
+
+
+def test_extra_cannot_overwrite_core_json_fields(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    setup_logging("json")
+
+    logging.getLogger("tlink").info("real", extra={"ts": "fake", "logger": "fake"})
+
+    record = json.loads(_lines(capsys)[0])
+    assert record["logger"] == "tlink"
+    assert record["ts"] != "fake"
+    assert record["ts_"] == "fake"
+    assert record["logger_"] == "fake"
+
+
+def test_text_lines_append_extras_as_key_value(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    setup_logging("text")
+
+    logging.getLogger("tlink.sync").info(
+        "sync done", extra={"devices": 5, "user": "a b", "ok": True, "ids": [1, 2]}
+    )
+
+    (line,) = _lines(capsys)
+    match = TEXT_LINE.match(line)
+    assert match, line
+    assert match["level"] == "INFO"
+    assert (
+        match["rest"] == 'tlink.sync sync done devices=5 user="a b" ok=true ids=[1,2]'
+    )
+
+
+def test_text_lines_show_tracebacks(capsys: pytest.CaptureFixture[str]) -> None:
+    setup_logging()
+
+    try:
+        1 / 0  # noqa: B018
+    except ZeroDivisionError:
+        logging.getLogger("tlink").exception("boom")
+
+    lines = _lines(capsys)
+    assert TEXT_LINE.match(lines[0])
+    assert lines[0].endswith("tlink boom")
+    assert lines[-1] == "ZeroDivisionError: division by zero"
+
+
+def test_level_filters_and_accepts_any_case(capsys: pytest.CaptureFixture[str]) -> None:
+    setup_logging("text", level="warning")
+
+    logging.getLogger("tlink").info("hidden")
+    logging.getLogger("tlink").warning("shown")
+
+    lines = _lines(capsys)
+    assert len(lines) == 1
+    assert lines[0].endswith("WARNING tlink shown")
+
+
+@pytest.mark.parametrize(("fmt", "level"), [("xml", "INFO"), ("text", "LOUD")])
+def test_bad_format_or_level_is_a_clear_error(fmt: str, level: str) -> None:
+    with pytest.raises(ValueError, match=r"xml|LOUD"):
+        setup_logging(fmt, level)
+
+
+def test_calling_twice_does_not_duplicate_output(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    foreign = logging.NullHandler()
+    logging.getLogger().addHandler(foreign)
+    setup_logging("text")
+    setup_logging("json")
+    setup_logging("json")
+
+    logging.getLogger("tlink").info("once")
+
+    lines = _lines(capsys)
+    assert len(lines) == 1
+    assert json.loads(lines[0])["msg"] == "once", "the last call's format wins"
+    assert foreign in logging.getLogger().handlers, "handlers set up by others stay"
+
+
+def test_access_log_is_silent_unless_enabled(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    access = logging.getLogger("aiohttp.access")
+
+    setup_logging("text")
+    access.info("GET /api/health 200")
+    assert _lines(capsys) == []
+
+    setup_logging("text", access_log=True)
+    access.info("GET /api/health 200")
+    assert [line.split(" ", 2)[2] for line in _lines(capsys)] == [
+        "aiohttp.access GET /api/health 200"
+    ]
+
+
+def test_access_log_warnings_still_show(capsys: pytest.CaptureFixture[str]) -> None:
+    setup_logging("text")
+
+    logging.getLogger("aiohttp.access").warning("odd request")
+
+    assert len(_lines(capsys)) == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "masked"),
+    [
+        (None, ""),
+        ("", ""),
+        ("s3cr3t", "****"),
+        ("a", "****"),
+        ("mysql://user:pass@host/db", "mysql://user:****@host/db"),
+        (
+            "mysql://tlink:p@ss:w0rd@mysql:3306/tlink",
+            "mysql://tlink:****@mysql:3306/tlink",
+        ),
+        ("mysql://user@host/db", "mysql://user@host/db"),
+        ("sqlite:///data/tlink.db", "sqlite:///data/tlink.db"),
+        ("sqlite:////abs/tlink.db", "sqlite:////abs/tlink.db"),
+        ("https://h/cb?token=abc&page=2", "https://h/cb?token=****&page=2"),
+        ("http://[bad", "****"),
+    ],
+)
+def test_mask_secret(value: str | None, masked: str) -> None:
+    assert mask_secret(value) == masked
+
+
+def test_masked_values_never_contain_the_secret() -> None:
+    for secret in ("hunter2", "tlinkpass"):
+        assert secret not in mask_secret(secret)
+        assert secret not in mask_secret(f"mysql://tlink:{secret}@mysql:3306/tlink")
+
+
+def test_describe_settings_is_one_line_with_secrets_masked() -> None:
+    class SecretStr:  # the shape of pydantic's SecretStr
+        def get_secret_value(self) -> str:
+            return "from-secret-str"
+
+    line = describe_settings(
+        {
+            "PORT": 5000,
+            "USE_HTTPS": True,
+            "DATABASE_URL": "mysql://tlink:tlinkpass@mysql:3306/tlink",
+            "PUSH_WEBHOOK_SECRET": "hmac-key",
+            "WEBHOOK_TOKEN": None,
+            "API_KEYS": ["k1", "k2"],
+            "SECRET_KEY": SecretStr(),
+            "CORS_ALLOWED_ORIGINS": ["https://a.example", "https://b.example"],
+            "SYNC_LOG_DIR": "my logs",
+        },
+        {
+            "DATABASE_URL",
+            "PUSH_WEBHOOK_SECRET",
+            "WEBHOOK_TOKEN",
+            "API_KEYS",
+            "secret_key",
+        },
+    )
+
+    assert "\n" not in line
+    assert line == (
+        "PORT=5000 USE_HTTPS=true DATABASE_URL=mysql://tlink:****@mysql:3306/tlink"
+        " PUSH_WEBHOOK_SECRET=**** WEBHOOK_TOKEN= API_KEYS=**** SECRET_KEY=****"
+        " CORS_ALLOWED_ORIGINS=https://a.example,https://b.example"
+        ' SYNC_LOG_DIR="my logs"'
+    )
+    for secret in ("tlinkpass", "hmac-key", "k1", "from-secret-str"):
+        assert secret not in line
