@@ -14,7 +14,8 @@ from typing import Any
 
 import orjson
 
-from eventlog.events import PUSH, SYNC, Event, body_digest
+from eventlog.events import PUSH, SYNC, Event, body_digest, decode_line, line_hash
+from eventlog.files import LogLine
 from eventlog.readings import Reading, flag_bool, parse_id, readings_of
 
 BLOCK_LINES = 64
@@ -41,6 +42,12 @@ class Placed:
     def end(self) -> int:
         """Offset just past the line."""
         return self.offset + self.length
+
+
+def placed_line(line: LogLine) -> Placed:
+    """A log line read back from its file, at its place."""
+    event, _ = decode_line(line.raw)
+    return Placed(event, line.day, line.line_no, line.offset, len(line.raw) + 1, line_hash(line.raw))
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eventlog.db import DatabaseUnavailable
-from eventlog.events import decode_line, line_hash
 from eventlog.files import device_days, log_path, read_lines
 from eventlog.store import Appended
-from projections.changes import Placed, changes_of
+from projections.changes import Placed, changes_of, placed_line
 from projections.errors import ProjectionError
 from projections.recorder import Position, Recorder
 
@@ -273,10 +272,10 @@ class Projector:
                     break
                 if len(result) >= budget:
                     return result, False
-                event, _ = decode_line(line.raw)
-                if event.device_id != device_id:
-                    raise ProjectionError(f"{day} line {line.line_no} of device {device_id} names {event.device_id}")
-                result.append(Placed(event, day, line.line_no, line.offset, len(line.raw) + 1, line_hash(line.raw)))
+                placed = placed_line(line)
+                if placed.event.device_id != device_id:
+                    raise ProjectionError(f"{day} line {line.line_no} of device {device_id} names another device")
+                result.append(placed)
         return result, True
 
     def _advance(self, placed: list[Placed]) -> None:

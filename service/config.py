@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     SSL_CERT_FILE: Path | None = None
     SSL_KEY_FILE: Path | None = None
     SSL_AUTO_GENERATE: bool = True
-    SSL_CERT_DIR: Path = Path("instance/certs")
+    TLS_CERT_DIR: Path = Path("instance/certs")
     CORS_ALLOWED_ORIGINS: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
     DEFAULT_PAGE_SIZE: int = Field(25, ge=1)
     MAX_PAGE_SIZE: int = Field(100, ge=1)

@@ -80,10 +80,22 @@ def _explicit_pair(
         return None
     if cert_file is None:
         raise TlsError(f"SSL_KEY_FILE is set ({key_file}) but SSL_CERT_FILE is not")
+    if key_file is None and not _holds_private_key(Path(cert_file)):
+        # OpenSSL also reads SSL_CERT_FILE, as the CA bundle to trust; many machines set
+        # it. Without a key it cannot be our server certificate, so it is not one.
+        log.warning("SSL_CERT_FILE %s has no private key and SSL_KEY_FILE is unset: ignoring it", cert_file)
+        return None
     for name, path in (("SSL_CERT_FILE", cert_file), ("SSL_KEY_FILE", key_file)):
         if path is not None and not Path(path).is_file():
             raise TlsError(f"{name} {path} does not exist or is not a file")
     return Path(cert_file), None if key_file is None else Path(key_file)
+
+
+def _holds_private_key(path: Path) -> bool:
+    try:
+        return b"PRIVATE KEY-----" in path.read_bytes()
+    except OSError:
+        return True  # let loading report the real problem
 
 
 def _server_context(cert_file: Path, key_file: Path | None) -> ssl.SSLContext:

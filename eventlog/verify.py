@@ -1,0 +1,132 @@
+"""Checking the logs: every hash chain, and each file's last line against the database."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eventlog.events import ZERO_HASH, BadLine, decode_line, line_hash
+from eventlog.files import device_days, device_ids, log_path, read_lines
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedFile:
+    """What the database says about one file: lines applied and the last one's hash."""
+
+    line_count: int
+    last_hash: str
+    pruned: bool = False
+
+
+@dataclass(slots=True)
+class Report:
+    """The outcome of a verification: the first failure, if any, and counts."""
+
+    files: int = 0
+    lines: int = 0
+    failure: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """No check failed."""
+        return self.failure is None
+
+
+Progress = Callable[[int], None]
+
+
+def verify(
+    root: Path,
+    recorded: dict[tuple[int, str], RecordedFile] | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Check every device's chain; stop at the first failure and name its file and line."""
+    report = Report()
+    recorded = recorded or {}
+    for device_id in device_ids(root):
+        failure = _verify_device(root, device_id, recorded, report, progress)
+        if failure is not None:
+            report.failure = failure
+            return report
+    for (device_id, day), rec in sorted(recorded.items()):
+        path = log_path(root, device_id, day)
+        if not rec.pruned and not path.exists():
+            report.failure = f"{path}: missing, but the database recorded {rec.line_count} lines"
+            return report
+    return report
+
+
+def _verify_device(
+    root: Path,
+    device_id: int,
+    recorded: dict[tuple[int, str], RecordedFile],
+    report: Report,
+    progress: Progress | None,
+) -> str | None:
+    prev = None  # None: the oldest kept file may chain to a pruned one
+    days = device_days(root, device_id)
+    for day in days:
+        path = log_path(root, device_id, day)
+        expected_prev = prev if prev is not None else _anchor(recorded, device_id, day)
+        rec = recorded.get((device_id, day))
+        count, last, at_recorded = 0, ZERO_HASH, None
+        for line_no, raw, problem in _check_lines(path, device_id, day, expected_prev):
+            if problem is not None:
+                return f"{path}:{line_no}: {problem}"
+            count, last = line_no, line_hash(raw)
+            if rec is not None and line_no == rec.line_count:
+                at_recorded = last
+            report.lines += 1
+            if progress is not None and report.lines % 10_000 == 0:
+                progress(report.lines)
+        report.files += 1
+        failure = _check_recorded(path, rec, count, at_recorded)
+        if failure is not None:
+            return failure
+        if rec is not None and count > rec.line_count:
+            report.notes.append(f"{path}: {count - rec.line_count} lines not yet applied to the database")
+        if count:
+            prev = last
+    return None
+
+
+def _anchor(recorded: dict[tuple[int, str], RecordedFile], device_id: int, day: str) -> str | None:
+    """The hash a device's oldest kept file must chain to; None when nothing is known."""
+    earlier = [(d, r) for (dev, d), r in recorded.items() if dev == device_id and d < day]
+    if not earlier:
+        return ZERO_HASH if not any(dev == device_id and r.pruned for (dev, _), r in recorded.items()) else None
+    return max(earlier)[1].last_hash
+
+
+def _check_lines(path: Path, device_id: int, day: str, prev: str | None) -> Iterator[tuple[int, bytes, str | None]]:
+    size = path.stat().st_size
+    end, line_no = 0, 0
+    for line in read_lines(path, day=day):
+        end, line_no = line.end, line.line_no
+        try:
+            event, line_prev = decode_line(line.raw)
+        except BadLine as exc:
+            yield line.line_no, line.raw, str(exc)
+            return
+        if prev is not None and line_prev != prev:
+            yield line.line_no, line.raw, "hash chain broken: prev does not match the line before (changed or removed)"
+            return
+        if event.device_id != device_id:
+            yield line.line_no, line.raw, f"line belongs to device {event.device_id}"
+            return
+        prev = line_hash(line.raw)
+        yield line.line_no, line.raw, None
+    if end != size:
+        yield line_no + 1, b"", f"unterminated last line ({size - end} bytes without a newline)"
+
+
+def _check_recorded(path: Path, rec: RecordedFile | None, count: int, at_recorded: str | None) -> str | None:
+    if rec is None:
+        return None
+    if count < rec.line_count:
+        return f"{path}: has {count} lines but {rec.line_count} were recorded: lines were cut off the end"
+    if at_recorded != rec.last_hash:
+        return f"{path}:{rec.line_count}: line does not match the hash recorded in the database"
+    return None

@@ -1,0 +1,208 @@
+"""`tlink-push`: the one command-line entry point."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from eventlog.db import Database, DatabaseError, connect
+from eventlog.recovery import repair_all
+from eventlog.store import LogStore
+from eventlog.verify import RecordedFile, verify
+from projections.projector import Projector
+from projections.rebuild import rebuild
+from projections.schema import apply_schema
+from projections.sql_recorder import SqlRecorder
+from service.config import Settings, SettingsError, load_settings
+
+log = logging.getLogger("tlink.cli")
+
+Command = Callable[[argparse.Namespace, Settings], int]
+COMMANDS: dict[str, tuple[str, Command, Callable[[argparse.ArgumentParser], None]]] = {}
+
+
+def command(name: str, summary: str, arguments: Callable[[argparse.ArgumentParser], None] = lambda p: None) -> Any:
+    """Register a subcommand: `summary` is its --help line, `arguments` adds its options."""
+
+    def register(func: Command) -> Command:
+        COMMANDS[name] = (summary, func, arguments)
+        return func
+
+    return register
+
+
+class Progress:
+    """A one-line counter on a terminal (silent when output is not a terminal)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.started = time.monotonic()
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, count: int) -> None:
+        if self.enabled:
+            rate = count / max(time.monotonic() - self.started, 1e-9)
+            sys.stderr.write(f"\r{self.label}: {count:,} ({rate:,.0f}/s)")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        """End the progress line."""
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def with_db(settings: Settings, work: Callable[[Database], Coroutine[Any, Any, Any]]) -> Any:
+    """Run `work` with a database connection, closed afterwards."""
+
+    async def run() -> Any:
+        db = await connect(settings.DATABASE_URL)
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
+# ---------------------------------------------------------------- serve
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="address to listen on (default: HOST setting)")
+    parser.add_argument("--port", type=int, help="port to listen on (default: PORT setting)")
+
+
+@command("serve", "run the HTTP service", _serve_arguments)
+def serve(args: argparse.Namespace, settings: Settings) -> int:
+    from service.server import run_server
+
+    return run_server(settings, host=args.host, port=args.port)
+
+
+# ---------------------------------------------------------------- replay
+
+
+@command("replay", "drop and rebuild the events table and read models from the log files (service stopped)")
+def replay(args: argparse.Namespace, settings: Settings) -> int:
+    return int(with_db(settings, lambda db: _replay(db, settings.SYNC_LOG_DIR)))
+
+
+async def replay_logs(db: Database, root: Path, progress: Callable[[int], None] | None = None) -> int:
+    """Drop every table, recreate them, and apply the whole log; returns the events applied."""
+    repair_all(root)
+    recorder = SqlRecorder(db)
+    await recorder.reset()
+    store = LogStore(root)
+    applied = 0
+
+    def observe(events: int, seconds: float) -> None:
+        nonlocal applied
+        applied += events
+        if progress is not None:
+            progress(applied)
+
+    projector = Projector(recorder, root, store.durable_end, store.devices, batch_limit=5000, on_batch=observe)
+    await projector.catch_up()
+    return projector.stats.applied_events
+
+
+async def _replay(db: Database, root: Path) -> int:
+    progress = Progress("replay: events")
+    started = time.monotonic()
+    count = await replay_logs(db, root, progress)
+    progress.done()
+    elapsed = time.monotonic() - started
+    print(f"replayed {count} events in {elapsed:.1f} s ({count / max(elapsed, 1e-9):,.0f} events/s)")
+    return 0
+
+
+# ---------------------------------------------------------------- rebuild
+
+
+@command("rebuild", "rebuild the read models into new tables from the log and switch over while the service runs")
+def rebuild_command(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(db: Database) -> int:
+        progress = Progress("rebuild: events")
+        report = await rebuild(db, settings.SYNC_LOG_DIR, progress)
+        progress.done()
+        print(
+            f"rebuilt read models: {report.first_pass} events, {report.catch_up} caught up before"
+            f" and {report.after_switch} after the switch"
+        )
+        return 0
+
+    return int(with_db(settings, work))
+
+
+# ---------------------------------------------------------------- verify
+
+
+def _verify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-db", action="store_true", help="check the hash chains only, not the hashes recorded in the database"
+    )
+
+
+async def recorded_files(db: Database) -> dict[tuple[int, str], RecordedFile]:
+    """Each file's applied line count and last-line hash as the database has them."""
+    await apply_schema(db)
+    rows = await db.fetchall("SELECT device_id, log_day, line_count, last_hash, pruned FROM log_files")
+    return {(int(r[0]), str(r[1])): RecordedFile(int(r[2]), str(r[3]), bool(r[4])) for r in rows}
+
+
+@command("verify", "check every hash chain and the last-line hashes recorded in the database", _verify_arguments)
+def verify_command(args: argparse.Namespace, settings: Settings) -> int:
+    recorded = {} if args.no_db else with_db(settings, recorded_files)
+    progress = Progress("verify: lines")
+    report = verify(settings.SYNC_LOG_DIR, recorded, progress)
+    progress.done()
+    for note in report.notes:
+        print(f"note: {note}")
+    if not report.ok:
+        print(f"FAILED: {report.failure}")
+        return 1
+    print(f"OK: {report.files} files, {report.lines} lines, every hash chain intact")
+    return 0
+
+
+# ---------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `tlink-push` and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="tlink-push",
+        description="TLINK push data service. Settings come from the environment and .env (see README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (summary, _, arguments) in COMMANDS.items():
+        arguments(sub.add_parser(name, help=summary, description=summary))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `tlink-push` console script."""
+    import service.jobs_cli  # noqa: F401  (registers prune and sync)
+
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"tlink-push: {exc}", file=sys.stderr)
+        return 2
+    from service.logs import setup_logging
+
+    setup_logging(settings.LOG_FORMAT, settings.LOG_LEVEL, settings.ACCESS_LOG)
+    _, func, _ = COMMANDS[args.command]
+    try:
+        return func(args, settings)
+    except DatabaseError as exc:
+        print(f"tlink-push {args.command}: database error: {exc}", file=sys.stderr)
+        return 1
+

@@ -1,0 +1,1 @@
+"""Subcommands for the background jobs (prune, sync), registered with service.cli."""

@@ -1,0 +1,48 @@
+"""Running the application: TLS, listening socket, graceful shutdown on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from aiohttp import web
+
+from service.app import create_app
+from service.config import SECRET_SETTINGS, Settings
+from service.logs import describe_settings
+from service.tls import TlsError, build_ssl_context
+
+log = logging.getLogger("tlink.server")
+
+# Seconds in-flight requests get to finish after SIGTERM before connections are closed.
+SHUTDOWN_TIMEOUT = 30.0
+
+
+def run_server(settings: Settings, host: str | None = None, port: int | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; returns the process exit status."""
+    try:
+        ssl_context = build_ssl_context(
+            settings.USE_HTTPS, settings.SSL_CERT_FILE, settings.SSL_KEY_FILE,
+            settings.SSL_AUTO_GENERATE, settings.TLS_CERT_DIR,
+        )  # fmt: skip
+    except TlsError as exc:
+        print(f"tlink-push serve: {exc}", file=sys.stderr)
+        return 2
+    if settings.USE_HTTPS and ssl_context is None:
+        log.warning("USE_HTTPS is on but there is no certificate and SSL_AUTO_GENERATE is off: serving plain HTTP")
+    host = host or settings.HOST
+    port = port or settings.PORT
+    scheme = "https" if ssl_context else "http"
+    log.info("starting: %s", describe_settings(settings.model_dump(), set(SECRET_SETTINGS)))
+    log.info("listening on %s://%s:%d", scheme, host, port)
+    web.run_app(
+        create_app(settings),
+        host=host,
+        port=port,
+        ssl_context=ssl_context,
+        access_log=logging.getLogger("aiohttp.access") if settings.ACCESS_LOG else None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        print=None,
+    )
+    log.info("stopped")
+    return 0
