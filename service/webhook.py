@@ -59,6 +59,9 @@ async def receive_push(request: web.Request) -> web.Response:
     except InvalidBody as exc:
         await request.app[DEAD_LETTERS].keep(body, str(exc), request.remote)
         raise
+    # Read by the metrics middleware: the outcome and what was stored.
+    request["push_outcome"] = "duplicate" if result.duplicate else "ok"
+    request["stored_readings"] = result.stored_readings
     return json_response(
         {
             "status": "ok",
