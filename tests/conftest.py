@@ -1,0 +1,101 @@
+"""Shared fixtures: a fresh database on each backend, settings, and the real app."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+from aiohttp.test_utils import TestClient
+
+from eventlog.db import parse_database_url
+from service.app import create_app
+from service.config import Settings, load_settings
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MYSQL_URL = os.environ.get("TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+
+
+def fixture_bytes(name: str) -> bytes:
+    """A fixture file's exact bytes."""
+    return (FIXTURES / name).read_bytes()
+
+
+def _mysql_admin() -> Any:
+    url = parse_database_url(MYSQL_URL)
+    return pymysql.connect(host=url.host, port=url.port, user=url.user, password=url.password, autocommit=True)
+
+
+def mysql_database_url() -> Iterator[str]:
+    """A new, empty MySQL database for one test, dropped afterwards."""
+    url = parse_database_url(MYSQL_URL)
+    name = f"tlink_test_{uuid.uuid4().hex[:12]}"
+    admin = _mysql_admin()
+    try:
+        admin.cursor().execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+        auth = url.user + (f":{url.password}" if url.password else "")
+        yield f"mysql://{auth}@{url.host}:{url.port}/{name}"
+    finally:
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database URL on each backend: embedded SQLite and a real MariaDB/MySQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/tlink.db"
+    else:
+        yield from mysql_database_url()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh embedded SQLite database URL."""
+    return f"sqlite:///{tmp_path}/tlink.db"
+
+
+@pytest.fixture
+def log_root(tmp_path: Path) -> Path:
+    """An empty log root."""
+    return tmp_path / "logs"
+
+
+MakeSettings = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(database_url: str, log_root: Path) -> MakeSettings:
+    """Settings for a test app on the parametrized backend; keyword arguments override."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "DATABASE_URL": database_url,
+            "SYNC_LOG_DIR": log_root,
+            "USE_HTTPS": False,
+            "TLINK_SYNC_ENABLED": False,
+            "API_KEYS": [],
+            "PUSH_WEBHOOK_SECRET": "",
+            "WEBHOOK_TOKEN": "",
+        }
+        values.update(overrides)
+        return load_settings(**values)
+
+    return make
+
+
+AppClient = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+async def app_client(aiohttp_client: Any, make_settings: MakeSettings) -> AsyncIterator[AppClient]:
+    """Start the real app (with settings overrides) and return an HTTP client for it."""
+
+    async def start(**overrides: Any) -> TestClient[Any, Any]:
+        return await aiohttp_client(create_app(make_settings(**overrides)))  # type: ignore[no-any-return]
+
+    yield start
