@@ -285,6 +285,16 @@ class MysqlDatabase(Database):
     async def _create_pool(self) -> Any:
         import aiomysql
 
+        class QuietCursor(aiomysql.Cursor):  # type: ignore[misc]
+            """Skips the SHOW WARNINGS round trip aiomysql makes after any warning.
+
+            MySQL 8 warns that VALUES() in ON DUPLICATE KEY UPDATE is deprecated; the
+            alternative row-alias form defeats multi-row batching and MariaDB rejects it.
+            """
+
+            async def _show_warnings(self, conn: Any) -> None:
+                return None
+
         try:
             return await aiomysql.create_pool(
                 host=self.url.host,
@@ -298,6 +308,7 @@ class MysqlDatabase(Database):
                 pool_recycle=3600,
                 connect_timeout=self._connect_timeout,
                 charset="utf8mb4",
+                cursorclass=QuietCursor,
             )
         except Exception as exc:
             raise _translate_mysql(exc) from exc

@@ -16,7 +16,7 @@ import orjson
 
 from eventlog.events import PUSH, SYNC, Event, body_digest, decode_line, line_hash
 from eventlog.files import LogLine
-from eventlog.readings import Reading, flag_bool, parse_id, readings_of
+from eventlog.readings import MAX_ID, Reading, flag_bool, readings_of
 
 BLOCK_LINES = 64
 _USER_NAMESPACE = uuid.UUID("6f1f3c1e-8d55-4c41-9a63-1f3e2b7a9c00")
@@ -316,10 +316,15 @@ def _sensor_meta_rows(event: Event) -> list[SensorMetaRow]:
 
 
 def _int_or_none(value: Any) -> int | None:
-    try:
-        return parse_id(value, "id") if value not in (None, "") else None
-    except ValueError:
+    """An integer from vendor metadata (number or digit string); anything else is unknown."""
+    if isinstance(value, bool):
         return None
+    if isinstance(value, int):
+        return value if abs(value) <= MAX_ID else None
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        number = int(value.strip())
+        return number if abs(number) <= MAX_ID else None
+    return None
 
 
 def _short(value: Any, limit: int) -> str | None:

@@ -53,9 +53,15 @@ def upsert(kind: str, table: str, columns: Sequence[str], key: Sequence[str], se
 
 
 def insert_ignore(kind: str, table: str, columns: Sequence[str]) -> str:
-    """INSERT that skips rows whose key is already there."""
-    verb = "INSERT IGNORE" if kind == "mysql" else "INSERT OR IGNORE"
-    return f"{verb} INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
+    """INSERT that skips rows whose key is already there.
+
+    MySQL's INSERT IGNORE would raise a warning per skipped row (and a SHOW WARNINGS
+    round trip); a no-op update of the first column skips them silently.
+    """
+    values = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
+    if kind == "mysql":
+        return f"{values} ON DUPLICATE KEY UPDATE {columns[0]} = {columns[0]}"
+    return values.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
 
 
 EVENT_COLUMNS = (

@@ -19,3 +19,12 @@ RECORDER = web.AppKey("recorder", Recorder)
 PROJECTOR = web.AppKey("projector", Projector)
 INGESTOR = web.AppKey("ingestor", Ingestor)
 DEAD_LETTERS = web.AppKey("dead_letters", DeadLetters)
+
+# Set by the webhook handler for the metrics middleware.
+PUSH_OUTCOME = web.RequestKey("push_outcome", str)  # "ok" or "duplicate"
+STORED_READINGS = web.RequestKey("stored_readings", int)
+DEAD_LETTERED = web.RequestKey("dead_lettered", bool)
+
+# Set by the webhook on a successful answer, read by the metrics middleware.
+PUSH_OUTCOME = web.RequestKey("push_outcome", str)
+STORED_READINGS = web.RequestKey("stored_readings", int)

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from eventlog.readings import InvalidBody
 from service.errors import ApiError, json_response
-from service.keys import DEAD_LETTERS, INGESTOR, SETTINGS
+from service.keys import DEAD_LETTERED, DEAD_LETTERS, INGESTOR, PUSH_OUTCOME, SETTINGS, STORED_READINGS
 
 
 def signature_ok(secret: str, body: bytes, header: str | None) -> bool:
@@ -58,10 +58,11 @@ async def receive_push(request: web.Request) -> web.Response:
         result = await request.app[INGESTOR].push(parse_json(body))
     except InvalidBody as exc:
         await request.app[DEAD_LETTERS].keep(body, str(exc), request.remote)
+        request[DEAD_LETTERED] = True
         raise
     # Read by the metrics middleware: the outcome and what was stored.
-    request["push_outcome"] = "duplicate" if result.duplicate else "ok"
-    request["stored_readings"] = result.stored_readings
+    request[PUSH_OUTCOME] = "duplicate" if result.duplicate else "ok"
+    request[STORED_READINGS] = result.stored_readings
     return json_response(
         {
             "status": "ok",
