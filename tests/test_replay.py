@@ -64,7 +64,7 @@ async def test_replay_reproduces_the_database_and_twice_gives_the_same(app_clien
     finally:
         await db.close()
     assert first == second
-    for table in READ_MODEL_TABLES + ("log_files", "log_blocks"):
+    for table in (*READ_MODEL_TABLES, "log_files", "log_blocks"):
         assert first[table] == live[table], table
 
 
