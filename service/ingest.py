@@ -84,24 +84,23 @@ class Ingestor:
         """Store one push body (InvalidBody if it cannot be accepted)."""
         parsed = parse_push(body)
         key = (parsed.device_id, body_digest(body))
-        earlier = self._inflight.get(key)
-        if earlier is not None:  # the same body is being stored right now
+        while (earlier := self._inflight.get(key)) is not None:  # the same body is being stored now
             event_id = await asyncio.shield(earlier)
             if event_id is not None:
                 return PushResult(event_id, 0, True, True)
-        stored = await self.known.lookup(key)
-        if stored is not None:
-            return PushResult(stored, 0, True, True)
         future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
+        self._inflight[key] = future  # no await since the check above: one writer per body
         try:
+            stored = await self.known.lookup(key)
+            if stored is not None:
+                future.set_result(stored)
+                return PushResult(stored, 0, True, True)
             appended = await self._append(PUSH, parsed.device_id, parsed.user_id, body)
             self.known.remember(key, appended.event.id)
             future.set_result(appended.event.id)
-        except BaseException:
-            future.set_result(None)
-            raise
         finally:
+            if not future.done():
+                future.set_result(None)
             del self._inflight[key]
         projected = await self.projector.project(appended)
         return PushResult(appended.event.id, len(parsed.readings), False, projected)
