@@ -1,0 +1,82 @@
+"""A private MariaDB server that a test can start, kill and start again (for outage tests)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pymysql
+
+MARIADBD = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+INSTALL_DB = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db"
+
+
+def available() -> bool:
+    """Whether the MariaDB server binaries are installed here."""
+    return Path(MARIADBD).exists() and Path(INSTALL_DB).exists()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PrivateMariaDB:
+    """mariadbd on its own port and data folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.data = folder / "data"
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        subprocess.run(
+            [INSTALL_DB, "--no-defaults", f"--datadir={self.data}", "--auth-root-authentication-method=normal",
+             "--skip-test-db", "--user=root"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"mysql://root@127.0.0.1:{self.port}/tlink"
+
+    def start(self) -> None:
+        """Start the server and wait until it answers; the database `tlink` exists afterwards."""
+        with open(self.folder / "mysqld.err", "ab") as errors:
+            self.process = subprocess.Popen(
+                [MARIADBD, "--no-defaults", f"--datadir={self.data}", f"--port={self.port}",
+                 "--bind-address=127.0.0.1", f"--socket={self.folder / 'mysqld.sock'}",
+                 f"--pid-file={self.folder / 'mysqld.pid'}", "--user=root", "--skip-log-bin",
+                 "--innodb-buffer-pool-size=32M"],
+                stdout=subprocess.DEVNULL, stderr=errors,
+            )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = pymysql.connect(host="127.0.0.1", port=self.port, user="root", connect_timeout=1)
+                conn.cursor().execute("CREATE DATABASE IF NOT EXISTS tlink")
+                conn.close()
+                return
+            except pymysql.err.OperationalError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError((self.folder / "mysqld.err").read_text()[-2000:]) from None
+                time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash or a pulled cable would stop it."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def query(self, sql: str) -> list[tuple[object, ...]]:
+        conn = pymysql.connect(host="127.0.0.1", port=self.port, user="root", database="tlink")
+        try:
+            cur = conn.cursor()
+            cur.execute(sql)
+            return list(cur.fetchall())
+        finally:
+            conn.close()
