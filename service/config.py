@@ -92,6 +92,11 @@ class Settings(BaseSettings):
             ids.append(int(part))
         return ids
 
+    @field_validator("SSL_CERT_FILE", "SSL_KEY_FILE", mode="before")
+    @classmethod
+    def _optional_path(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("DATABASE_URL")
     @classmethod
     def _database_url(cls, value: str) -> str:
