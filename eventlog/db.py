@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from pymysql.constants import CLIENT
+
 from eventlog.events import EventLogError
 
 Row = tuple[Any, ...]
@@ -102,6 +104,12 @@ class Database(ABC):
         async with self.transaction() as cur:
             rows: list[Row] = await cur.fetchall(sql, params)
         return rows
+
+    async def write_batch(self, writes: Sequence[tuple[str, Sequence[Params]]]) -> None:
+        """Run several multi-row writes as one transaction."""
+        async with self.transaction() as cur:
+            for sql, rows in writes:
+                await cur.executemany(sql, rows)
 
     async def execute_script(self, script: str) -> None:
         """Run `;`-separated DDL statements one by one."""
@@ -224,6 +232,9 @@ def _translate_mysql(exc: BaseException) -> DatabaseError:
     return DatabaseError(f"mysql: {exc}")
 
 
+SERVER_STATUS_NO_BACKSLASH_ESCAPES = 512
+
+
 def _is_driver_error(exc: BaseException) -> bool:
     import pymysql
 
@@ -247,6 +258,63 @@ def _sqlite_param(value: Any) -> Any:
     return value
 
 
+_INSERT_VALUES = re.compile(r"^(INSERT\b.+?\bVALUES\s*)(\((?:\s*%s\s*,)*\s*%s\s*\))(.*)$", re.S | re.I)
+# One statement stays below this many bytes (MariaDB's smallest max_allowed_packet is 16 MiB).
+MAX_STATEMENT_BYTES = 4 << 20
+
+
+def quote(value: str) -> str:
+    """A MySQL string literal. Inside single quotes only backslash, quote and NUL need escaping;
+    checking for them first keeps the common case (no such character) to three C-level scans."""
+    if "\\" in value or "'" in value or "\x00" in value:
+        value = value.replace("\\", "\\\\").replace("'", "\\'").replace("\x00", "\\0")
+    return "'" + value + "'"
+
+
+def _literal(value: Any) -> str:
+    """A SQL literal for MySQL: the common types directly, anything else through the driver."""
+    kind = type(value)
+    if value is None:
+        return "NULL"
+    if kind is int:
+        return str(value)
+    if kind is str:
+        return quote(value)
+    if kind is datetime:
+        moment: datetime = _mysql_param(value)
+        return "'" + moment.isoformat(" ") + "'"
+    if kind is bool:
+        return "1" if value else "0"
+    import pymysql
+
+    return str(pymysql.converters.escape_item(value, "utf8mb4"))  # floats, dates, bytes
+
+
+def mysql_multirow(sql: str, rows: Sequence[Params]) -> list[str]:
+    """One or a few multi-row INSERT statements with the values inlined.
+
+    Equivalent to the driver's executemany rewrite, about three times cheaper in CPU,
+    which is most of the cost of a projection batch.
+    """
+    match = _INSERT_VALUES.match(sql)
+    if match is None:
+        raise ValueError("not an INSERT ... VALUES (%s, ...) statement")
+    head, tail = match.group(1), match.group(3)
+    statements: list[str] = []
+    values: list[str] = []
+    size = 0
+    for row in rows:
+        text = "(" + ",".join([_literal(v) for v in row]) + ")"
+        if values and size + len(text) > MAX_STATEMENT_BYTES:
+            statements.append(head + ",".join(values) + tail)
+            values, size = [], 0
+        values.append(text)
+        size += len(text) + 1
+    if values:
+        statements.append(head + ",".join(values) + tail)
+    return statements
+
+
 class _MysqlCursor(Cursor):
     def __init__(self, cursor: Any) -> None:
         self._cursor = cursor
@@ -255,8 +323,12 @@ class _MysqlCursor(Cursor):
         return int(await self._cursor.execute(sql, tuple(map(_mysql_param, params)) or None))
 
     async def executemany(self, sql: str, rows: Sequence[Params]) -> None:
-        if rows:
-            await self._cursor.executemany(sql, [tuple(map(_mysql_param, r)) for r in rows])
+        if not rows:
+            return
+        if self._cursor.connection.server_status & SERVER_STATUS_NO_BACKSLASH_ESCAPES:
+            raise DatabaseError("the server runs with NO_BACKSLASH_ESCAPES, which this service does not support")
+        for statement in mysql_multirow(sql, rows):
+            await self._cursor.execute(statement)
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         await self._cursor.execute(sql, tuple(map(_mysql_param, params)) or None)
@@ -309,6 +381,7 @@ class MysqlDatabase(Database):
                 connect_timeout=self._connect_timeout,
                 charset="utf8mb4",
                 cursorclass=QuietCursor,
+                client_flag=CLIENT.MULTI_STATEMENTS,
             )
         except Exception as exc:
             raise _translate_mysql(exc) from exc
@@ -334,6 +407,38 @@ class MysqlDatabase(Database):
         finally:
             if not healthy:
                 conn.close()  # a broken or half-done connection never goes back to the pool
+            pool.release(conn)
+
+    async def write_batch(self, writes: Sequence[tuple[str, Sequence[Params]]]) -> None:
+        """The whole transaction as one multi-statement: a single round trip to the server."""
+        statements = ["BEGIN"]
+        for sql, rows in writes:
+            if rows:
+                statements.extend(mysql_multirow(sql, rows))
+        if len(statements) == 1:
+            return
+        statements.append("COMMIT")
+        pool = await self._get_pool()
+        try:
+            conn = await pool.acquire()
+        except Exception as exc:
+            raise _translate_mysql(exc) from exc
+        healthy = False
+        try:
+            if conn.server_status & SERVER_STATUS_NO_BACKSLASH_ESCAPES:
+                raise DatabaseError("the server runs with NO_BACKSLASH_ESCAPES, which this service does not support")
+            async with conn.cursor() as cursor:
+                await cursor.execute(";\n".join(statements))
+                while await cursor.nextset():
+                    pass
+            healthy = True
+        except Exception as exc:
+            if _is_driver_error(exc):
+                raise _translate_mysql(exc) from exc
+            raise
+        finally:
+            if not healthy:
+                conn.close()  # a failed statement leaves the transaction open: never reuse it
             pool.release(conn)
 
     async def close(self) -> None:

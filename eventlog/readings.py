@@ -8,13 +8,13 @@ are read leniently.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any
 
 from eventlog.events import PUSH, SYNC, Event, EventLogError
 
-TLINK_TIME = "%Y-%m-%d %H:%M:%S"
 _TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}$")
 _CLOCK_RE = re.compile(r"^\d{2}:\d{2}:\d{2}$")
 MAX_ID = 2**63 - 1
@@ -63,8 +63,10 @@ def parse_platform_time(text: Any, name: str = "time") -> datetime:
     """A TLINK 'YYYY-MM-DD HH:MM:SS' time ('T' accepted), no zone."""
     if not isinstance(text, str) or not _TIME_RE.match(text):
         raise InvalidBody(f"{name} must be 'YYYY-MM-DD HH:MM:SS', got {text!r}")
-    try:
-        return datetime.strptime(text.replace("T", " "), TLINK_TIME)
+    try:  # slicing is some twenty times faster than strptime, which matters per reading
+        return datetime(
+            int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]), int(text[14:16]), int(text[17:19])
+        )
     except ValueError as exc:
         raise InvalidBody(f"{name} is not a valid date and time: {text!r}") from exc
 
@@ -91,7 +93,7 @@ def reading_time(sent: datetime, times: Any, index: int) -> datetime:
     if not isinstance(times, str) or not _CLOCK_RE.match(times):
         raise InvalidBody(f"sensorsDates[{index}].times must be 'HH:MM:SS', got {times!r}")
     try:
-        clock = datetime.strptime(times, "%H:%M:%S").time()
+        clock = time(int(times[0:2]), int(times[3:5]), int(times[6:8]))
     except ValueError as exc:
         raise InvalidBody(f"sensorsDates[{index}].times is not a valid time: {times!r}") from exc
     moment = datetime.combine(sent.date(), clock)
@@ -154,10 +156,24 @@ def sync_readings(body: dict[str, Any]) -> list[Reading]:
     return readings
 
 
+# Readings of recently parsed events by event id: the webhook parses a push to check it,
+# and the projector needs the same readings a moment later.
+_recent: OrderedDict[str, list[Reading]] = OrderedDict()
+_RECENT_MAX = 4096
+
+
+def remember_readings(event_id: str, readings: list[Reading]) -> None:
+    """Keep an event's parsed readings for `readings_of`."""
+    _recent[event_id] = readings
+    if len(_recent) > _RECENT_MAX:
+        _recent.popitem(last=False)
+
+
 def readings_of(event: Event) -> list[Reading]:
     """The readings an event carries (none for event types without readings)."""
     if event.type == PUSH:
-        return parse_push(event.body).readings
+        known = _recent.pop(event.id, None)
+        return known if known is not None else parse_push(event.body).readings
     if event.type == SYNC:
         return sync_readings(event.body)
     return []

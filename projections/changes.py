@@ -10,18 +10,20 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
 
 from eventlog.events import PUSH, SYNC, Event, body_digest, decode_line, line_hash
 from eventlog.files import LogLine
-from eventlog.readings import MAX_ID, Reading, flag_bool, readings_of
+from eventlog.readings import MAX_ID, InvalidBody, Reading, flag_bool, parse_platform_time, readings_of
 
 BLOCK_LINES = 64
 _USER_NAMESPACE = uuid.UUID("6f1f3c1e-8d55-4c41-9a63-1f3e2b7a9c00")
 
 
+@lru_cache(maxsize=65536)
 def user_uuid(tlink_user_id: int) -> str:
     """The users.id of a TLINK user: a UUID derived from the id, so replays agree."""
     return str(uuid.uuid5(_USER_NAMESPACE, f"tlink-user:{tlink_user_id}"))
@@ -267,8 +269,8 @@ def _user_row(event: Event) -> UserRow:
 def _device_push_row(event: Event) -> DevicePushRow:
     body = event.body
     try:
-        sent: datetime | None = datetime.strptime(str(body.get("time")), "%Y-%m-%d %H:%M:%S")
-    except ValueError:
+        sent: datetime | None = parse_platform_time(body.get("time"))
+    except InvalidBody:
         sent = None
     return DevicePushRow(
         device_id=event.device_id,

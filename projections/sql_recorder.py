@@ -187,9 +187,8 @@ class SqlRecorder(Recorder):
         self._auto_schema = auto_schema
 
     async def record(self, changes: Changes) -> None:
-        async with self.db.transaction() as cur:
-            for name, rows in log_rows(changes) + read_model_rows(changes):
-                await cur.executemany(getattr(self.statements, name), rows)
+        writes = log_rows(changes) + read_model_rows(changes)
+        await self.db.write_batch([(getattr(self.statements, name), rows) for name, rows in writes])
 
     async def positions(self) -> dict[int, Position]:
         if self._auto_schema:  # first contact with the database: make sure the tables exist

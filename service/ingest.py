@@ -10,7 +10,7 @@ from typing import Any
 
 from eventlog.db import DatabaseError
 from eventlog.events import PUSH, SYNC, body_digest
-from eventlog.readings import parse_push
+from eventlog.readings import parse_push, remember_readings
 from eventlog.store import Appended, LogStore
 from projections.projector import Projector
 from projections.recorder import Recorder
@@ -95,7 +95,9 @@ class Ingestor:
             if stored is not None:
                 future.set_result(stored)
                 return PushResult(stored, 0, True, True)
-            appended = await self._append(PUSH, parsed.device_id, parsed.user_id, body)
+            event = self.store.new_event(PUSH, parsed.device_id, parsed.user_id, body)
+            remember_readings(event.id, parsed.readings)
+            appended = await self.store.append(event)
             self.known.remember(key, appended.event.id)
             future.set_result(appended.event.id)
         finally:

@@ -104,6 +104,5 @@ CREATE TABLE IF NOT EXISTS sensor_readings (
   is_alarm TINYINT NULL,
   is_line TINYINT NULL,
   event_id CHAR(36) NOT NULL,
-  PRIMARY KEY (sensor_id, recorded_at),
-  KEY ix_readings_device (device_id, recorded_at)
+  PRIMARY KEY (sensor_id, recorded_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

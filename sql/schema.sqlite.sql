@@ -94,4 +94,3 @@ CREATE TABLE IF NOT EXISTS sensor_readings (
   event_id TEXT NOT NULL,
   PRIMARY KEY (sensor_id, recorded_at)
 );
-CREATE INDEX IF NOT EXISTS ix_readings_device ON sensor_readings (device_id, recorded_at);
