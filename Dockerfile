@@ -46,7 +46,6 @@ COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 # --chmod keeps the entrypoint executable even from a checkout that lost the mode bit.
 COPY --chmod=0755 ops/docker-entrypoint.sh /app/ops/docker-entrypoint.sh
-COPY sql/ /app/sql/
 
 # Created and owned before VOLUME so fresh named volumes start out writable by tlink.
 RUN mkdir -p /app/logs /app/data /app/instance/certs \

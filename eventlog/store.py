@@ -10,6 +10,7 @@ concurrent appends share one flush.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 from collections import OrderedDict
 from collections.abc import Callable
@@ -34,6 +35,25 @@ from eventlog.recovery import Repair, repair_all
 
 class LogUnavailable(EventLogError):
     """The log could not be written; nothing of the failed batch is on disk."""
+
+
+class LogLocked(EventLogError):
+    """Another process is writing to this log root."""
+
+
+def lock_root(root: Path) -> int:
+    """Take the root's writer lock (flock on the folder; the kernel drops it when the process dies).
+
+    Two writers would fork the hash chains, so a second one must not start.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise LogLocked(f"another process (a running service?) is writing to the log root {root}") from None
+    return fd
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +125,12 @@ class LogStore:
         self._last_instant: datetime | None = None
         self._closing = False
         self._on_flush = on_flush
+        self._lock_fd: int | None = None
         self.repairs: list[Repair] = []
 
     async def open(self) -> list[Repair]:
-        """Repair torn tails, then start the flusher; returns the repairs made."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Take the writer lock, repair torn tails, start the flusher; returns the repairs made."""
+        self._lock_fd = lock_root(self.root)
         self.repairs = await asyncio.get_running_loop().run_in_executor(None, repair_all, self.root)
         self._task = asyncio.create_task(self._flusher(), name="eventlog-flusher")
         return self.repairs
@@ -124,6 +145,9 @@ class LogStore:
             os.close(fd)
         self._fds.clear()
         self._pool.shutdown(wait=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def new_event(self, type_: str, device_id: int, user_id: int, body: dict[str, Any]) -> Event:
         """An event stamped now; stamps never go backwards, so queue order is time order."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,15 +42,20 @@ def verify(
     recorded: dict[tuple[int, str], RecordedFile] | None = None,
     progress: Progress | None = None,
 ) -> Report:
-    """Check every device's chain; stop at the first failure and name its file and line."""
+    """Check every device's chain; stop at the first failure and name its file and line.
+
+    A device's oldest file must chain to the last hash the database recorded for the
+    file before it (pruned by retention). With no such record (`recorded` None: no
+    database; or a database rebuilt after pruning) it may begin anywhere, which is noted
+    unless it begins at zeros.
+    """
     report = Report()
-    recorded = recorded or {}
     for device_id in device_ids(root):
         failure = _verify_device(root, device_id, recorded, report, progress)
         if failure is not None:
             report.failure = failure
             return report
-    for (device_id, day), rec in sorted(recorded.items()):
+    for (device_id, day), rec in sorted((recorded or {}).items()):
         path = log_path(root, device_id, day)
         if not rec.pruned and not path.exists():
             report.failure = f"{path}: missing, but the database recorded {rec.line_count} lines"
@@ -61,7 +66,7 @@ def verify(
 def _verify_device(
     root: Path,
     device_id: int,
-    recorded: dict[tuple[int, str], RecordedFile],
+    recorded: dict[tuple[int, str], RecordedFile] | None,
     report: Report,
     progress: Progress | None,
 ) -> str | None:
@@ -69,10 +74,12 @@ def _verify_device(
     days = device_days(root, device_id)
     for day in days:
         path = log_path(root, device_id, day)
-        expected_prev = prev if prev is not None else _anchor(recorded, device_id, day)
-        rec = recorded.get((device_id, day))
+        allowed = (prev,) if prev is not None else _anchor(recorded, device_id, day)
+        if allowed is None:
+            _note_mid_chain(path, report)
+        rec = (recorded or {}).get((device_id, day))
         count, last, at_recorded = 0, ZERO_HASH, None
-        for line_no, raw, problem in _check_lines(path, device_id, day, expected_prev):
+        for line_no, raw, problem in _check_lines(path, device_id, day, allowed):
             if problem is not None:
                 return f"{path}:{line_no}: {problem}"
             count, last = line_no, line_hash(raw)
@@ -92,15 +99,40 @@ def _verify_device(
     return None
 
 
-def _anchor(recorded: dict[tuple[int, str], RecordedFile], device_id: int, day: str) -> str | None:
-    """The hash a device's oldest kept file must chain to; None when nothing is known."""
+def _anchor(recorded: dict[tuple[int, str], RecordedFile] | None, device_id: int, day: str) -> tuple[str, ...] | None:
+    """The hashes a device's oldest kept file may chain to; None when nothing is known."""
+    if recorded is None:
+        return None
     earlier = [(d, r) for (dev, d), r in recorded.items() if dev == device_id and d < day]
     if not earlier:
-        return ZERO_HASH if not any(dev == device_id and r.pruned for (dev, _), r in recorded.items()) else None
-    return max(earlier)[1].last_hash
+        return None
+    newest = max(earlier, key=lambda item: item[0])[1]
+    if newest.pruned:
+        # Retention may have emptied the device's folder; a store started after that
+        # begins a new chain, since the pruned hash lives only in the database.
+        return (newest.last_hash, ZERO_HASH)
+    return (newest.last_hash,)
 
 
-def _check_lines(path: Path, device_id: int, day: str, prev: str | None) -> Iterator[tuple[int, bytes, str | None]]:
+def _note_mid_chain(path: Path, report: Report) -> None:
+    with open(path, "rb") as handle:
+        first = handle.readline()
+    if not first.endswith(b"\n"):
+        return
+    try:
+        _, prev = decode_line(first[:-1])
+    except BadLine:
+        return  # _check_lines reports it
+    if prev != ZERO_HASH:
+        report.notes.append(
+            f"{path}: begins mid-chain; the files before it are gone and not recorded as pruned"
+            " (pruned before the database was rebuilt, or removed)"
+        )
+
+
+def _check_lines(
+    path: Path, device_id: int, day: str, allowed: Collection[str] | None
+) -> Iterator[tuple[int, bytes, str | None]]:
     size = path.stat().st_size
     end, line_no = 0, 0
     for line in read_lines(path, day=day):
@@ -110,13 +142,13 @@ def _check_lines(path: Path, device_id: int, day: str, prev: str | None) -> Iter
         except BadLine as exc:
             yield line.line_no, line.raw, str(exc)
             return
-        if prev is not None and line_prev != prev:
+        if allowed is not None and line_prev not in allowed:
             yield line.line_no, line.raw, "hash chain broken: prev does not match the line before (changed or removed)"
             return
         if event.device_id != device_id:
             yield line.line_no, line.raw, f"line belongs to device {event.device_id}"
             return
-        prev = line_hash(line.raw)
+        allowed = (line_hash(line.raw),)
         yield line.line_no, line.raw, None
     if end != size:
         yield line_no + 1, b"", f"unterminated last line ({size - end} bytes without a newline)"

@@ -215,5 +215,14 @@ class SqlRecorder(Recorder):
         return {key: event_id for key, event_id in found.items() if key in wanted}
 
     async def reset(self) -> None:
+        """Drop and recreate every table, keeping the records of pruned files.
+
+        Retention deleted those files, so the log cannot tell their last hashes again;
+        without them `verify` could not check the oldest remaining file's first link.
+        """
+        await apply_schema(self.db)
+        columns = (*FILE_COLUMNS, "pruned")
+        pruned = await self.db.fetchall(f"SELECT {', '.join(columns)} FROM log_files WHERE pruned = 1")
         await drop_all(self.db)
         await apply_schema(self.db)
+        await self.db.write_batch([(insert_ignore(self.db.kind, "log_files", columns), pruned)])

@@ -12,7 +12,8 @@ from eventlog.deadletter import DeadLetters
 from eventlog.store import LogStore
 from projections.projector import Projector
 from projections.sql_recorder import SqlRecorder
-from service import webhook
+from service import api, cors, health, metrics, openapi, scheduler, webhook
+from service.auth import api_key_middleware
 from service.config import Settings
 from service.errors import error_middleware
 from service.ingest import Ingestor
@@ -25,7 +26,7 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     """Database, log store, projector and ingestor, for the app's lifetime."""
     settings = app[SETTINGS]
     db = await connect(settings.DATABASE_URL, maxsize=settings.DB_POOL_SIZE)
-    store = LogStore(settings.SYNC_LOG_DIR)
+    store = LogStore(settings.SYNC_LOG_DIR, on_flush=app[metrics.METRICS].observe_flush)
     for repair in await store.open():
         log.warning(
             "torn log tail moved aside",
@@ -45,8 +46,15 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     """The aiohttp application for these settings; nothing is opened until it starts."""
-    app = web.Application(client_max_size=settings.MAX_BODY_BYTES, middlewares=[error_middleware])
+    middlewares = [error_middleware, metrics.metrics_middleware, cors.cors_middleware, api_key_middleware]
+    app = web.Application(client_max_size=settings.MAX_BODY_BYTES, middlewares=middlewares)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(storage_ctx)
+    scheduler.setup(app)  # its jobs_ctx starts after the storage and stops before it
     webhook.setup(app)
+    metrics.setup(app)
+    api.setup(app)
+    health.setup(app)
+    openapi.setup(app)
+    cors.setup(app)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -12,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from eventlog.db import Database, DatabaseError, connect
+from eventlog.events import EventLogError
 from eventlog.recovery import repair_all
-from eventlog.store import LogStore
+from eventlog.store import LogStore, lock_root
 from eventlog.verify import RecordedFile, verify
 from projections.projector import Projector
 from projections.rebuild import rebuild
@@ -27,7 +29,9 @@ Command = Callable[[argparse.Namespace, Settings], int]
 COMMANDS: dict[str, tuple[str, Command, Callable[[argparse.ArgumentParser], None]]] = {}
 
 
-def command(name: str, summary: str, arguments: Callable[[argparse.ArgumentParser], None] = lambda p: None) -> Any:
+def command(
+    name: str, summary: str, arguments: Callable[[argparse.ArgumentParser], None] = lambda p: None
+) -> Callable[[Command], Command]:
     """Register a subcommand: `summary` is its --help line, `arguments` adds its options."""
 
     def register(func: Command) -> Command:
@@ -95,6 +99,14 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
 
 async def replay_logs(db: Database, root: Path, progress: Callable[[int], None] | None = None) -> int:
     """Drop every table, recreate them, and apply the whole log; returns the events applied."""
+    lock = lock_root(root)  # the service must be stopped: replay drops what it writes to
+    try:
+        return await _replay_locked(db, root, progress)
+    finally:
+        os.close(lock)
+
+
+async def _replay_locked(db: Database, root: Path, progress: Callable[[int], None] | None) -> int:
     repair_all(root)
     recorder = SqlRecorder(db)
     await recorder.reset()
@@ -204,5 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         return func(args, settings)
     except DatabaseError as exc:
         print(f"tlink-push {args.command}: database error: {exc}", file=sys.stderr)
+        return 1
+    except EventLogError as exc:
+        print(f"tlink-push {args.command}: {exc}", file=sys.stderr)
         return 1
 

@@ -24,7 +24,3 @@ DEAD_LETTERS = web.AppKey("dead_letters", DeadLetters)
 PUSH_OUTCOME = web.RequestKey("push_outcome", str)  # "ok" or "duplicate"
 STORED_READINGS = web.RequestKey("stored_readings", int)
 DEAD_LETTERED = web.RequestKey("dead_lettered", bool)
-
-# Set by the webhook on a successful answer, read by the metrics middleware.
-PUSH_OUTCOME = web.RequestKey("push_outcome", str)
-STORED_READINGS = web.RequestKey("stored_readings", int)

@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 MASK = "****"
 FORMATS = ("text", "json")
 ACCESS_LOGGER = "aiohttp.access"
+SCHEDULER_LOGGER = "apscheduler"
 
 # Attributes every LogRecord has; anything else on a record came in through `extra=`.
 _RECORD_FIELDS = frozenset(
@@ -45,6 +46,9 @@ def setup_logging(
     logging.getLogger(ACCESS_LOGGER).setLevel(
         logging.INFO if access_log else logging.WARNING
     )
+    # APScheduler logs two INFO lines per job run; the jobs log their own summary line.
+    chatty = numeric <= logging.DEBUG
+    logging.getLogger(SCHEDULER_LOGGER).setLevel(numeric if chatty else max(numeric, logging.WARNING))
 
 
 def _level(name: str) -> int:
@@ -187,9 +191,9 @@ def _setting_value(value: object, is_secret: bool) -> str:
     if callable(reveal):
         value = reveal()
     if isinstance(value, (list, tuple, set, frozenset)):
-        if is_secret:
-            return MASK if value else ""
-        return _text_value(",".join(str(item) for item in value))
+        if not value:
+            return ""
+        return MASK if is_secret else _text_value(",".join(str(item) for item in value))
     if value is None:
         return ""
     if isinstance(value, bool):

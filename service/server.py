@@ -34,15 +34,29 @@ def run_server(settings: Settings, host: str | None = None, port: int | None = N
     port = port or settings.PORT
     scheme = "https" if ssl_context else "http"
     log.info("starting: %s", describe_settings(settings.model_dump(), set(SECRET_SETTINGS)))
-    log.info("listening on %s://%s:%d", scheme, host, port)
-    web.run_app(
-        create_app(settings),
-        host=host,
-        port=port,
-        ssl_context=ssl_context,
-        access_log=logging.getLogger("aiohttp.access") if settings.ACCESS_LOG else None,
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
-        print=None,
-    )
+    app = create_app(settings)
+    app.on_shutdown.append(_announce_shutdown)
+
+    def listening(_banner: str) -> None:  # run_app calls it once the socket is bound
+        log.info("listening on %s://%s:%d", scheme, host, port)
+
+    try:
+        web.run_app(
+            app,
+            host=host,
+            port=port,
+            ssl_context=ssl_context,
+            access_log=logging.getLogger("aiohttp.access") if settings.ACCESS_LOG else None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            print=listening,
+        )
+    except OSError as exc:  # port taken, log root not writable, ...: one line, no traceback
+        log.error("cannot serve: %s", exc)
+        return 1
     log.info("stopped")
     return 0
+
+
+async def _announce_shutdown(app: web.Application) -> None:
+    """Runs once the listening socket is closed, before in-flight requests are awaited."""
+    log.info("shutting down: no new connections, finishing requests in flight (at most %.0f s)", SHUTDOWN_TIMEOUT)

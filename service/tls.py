@@ -22,7 +22,7 @@ try:  # POSIX only; elsewhere two processes racing on first start are not guarde
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tlink.tls")
 
 CERT_NAME = "localhost.crt"
 KEY_NAME = "localhost.key"

@@ -21,7 +21,8 @@ def restore_logging() -> Iterator[None]:
     """Leave the root and access loggers as the test found them."""
     root = logging.getLogger()
     access = logging.getLogger("aiohttp.access")
-    saved = (list(root.handlers), root.level, access.level)
+    scheduler = logging.getLogger("apscheduler")
+    saved = (list(root.handlers), root.level, access.level, scheduler.level)
     yield
     for handler in root.handlers[:]:
         if handler not in saved[0]:
@@ -29,6 +30,7 @@ def restore_logging() -> Iterator[None]:
             handler.close()
     root.setLevel(saved[1])
     access.setLevel(saved[2])
+    scheduler.setLevel(saved[3])
 
 
 def _lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
@@ -245,3 +247,53 @@ def test_describe_settings_is_one_line_with_secrets_masked() -> None:
     )
     for secret in ("tlinkpass", "hmac-key", "k1", "from-secret-str"):
         assert secret not in line
+
+
+SECRETS = {
+    "DATABASE_URL": "mysql://tlink:db-pass-123@mysql:3306/tlink",
+    "SECRET_KEY": "secret-key-456",
+    "PUSH_WEBHOOK_SECRET": "hmac-secret-789",
+    "WEBHOOK_TOKEN": "push-token-abc",
+    "API_KEYS": "api-key-one,api-key-two",
+    "TLINK_OAUTH_CLIENT_SECRET": "client-secret-def",
+    "TLINK_OAUTH_PASSWORD": "oauth-pass-ghi",
+}
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_start_up_line_names_the_effective_settings_with_secrets_masked(
+    fmt: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    from service import server
+    from service.config import load_settings
+
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(server.web, "run_app", lambda app, **kwargs: None)
+    setup_logging(fmt)
+    assert server.run_server(load_settings(USE_HTTPS=False, PORT=5123)) == 0
+
+    err = capsys.readouterr().err
+    [start] = [line for line in err.splitlines() if "starting:" in line]
+    for secret in ("db-pass-123", "secret-key-456", "hmac-secret-789", "push-token-abc", "api-key-one",
+                   "client-secret-def", "oauth-pass-ghi"):  # fmt: skip
+        assert secret not in err
+    message = json.loads(start)["msg"] if fmt == "json" else start
+    assert "DATABASE_URL=mysql://tlink:****@mysql:3306/tlink" in message
+    for name in ("SECRET_KEY", "PUSH_WEBHOOK_SECRET", "WEBHOOK_TOKEN", "API_KEYS", "TLINK_OAUTH_PASSWORD"):
+        assert f"{name}=****" in message
+    assert "PORT=5123" in message and "USE_HTTPS=false" in message
+    assert re.search(r"TLINK_SYNC_USER_IDS=(\s|$)", message)  # an empty list shows as empty, like other unset values
+
+
+@pytest.mark.parametrize(("level", "shown"), [("INFO", False), ("DEBUG", True)])
+def test_scheduler_chatter_only_shows_at_debug(
+    level: str, shown: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup_logging("text", level)
+    logging.getLogger("apscheduler.executors.default").info("Running job x")
+    logging.getLogger("apscheduler.scheduler").warning("job missed")
+    err = capsys.readouterr().err
+    assert ("Running job x" in err) is shown
+    assert "job missed" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+
 import orjson
 import pytest
 

@@ -1,0 +1,230 @@
+"""The read side's SQL: users, devices and sensors from the read models, blocks from the side index.
+
+Plain queries, one function each, returning frozen rows with values normalized across
+backends (SQLite gives datetimes as text, MySQL as datetime objects).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from eventlog.db import Database, Row
+from eventlog.history import Block, LogPoint, Window
+
+
+@dataclass(frozen=True, slots=True)
+class UserView:
+    """A TLINK user."""
+
+    tlink_user_id: int
+    parent_user_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """A device and what its last push and last sync said."""
+
+    device_id: int
+    tlink_user_id: int
+    parent_user_id: str | None
+    device_name: str | None
+    device_no: str | None
+    group_id: int | None
+    lat: str | None
+    lng: str | None
+    last_flag: str | None
+    last_push_time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SensorView:
+    """A sensor with its latest reading (newest reading time)."""
+
+    sensor_id: int
+    device_id: int
+    sensor_name: str | None
+    sensor_type_id: int | None
+    unit: str | None
+    latest_value: str | None
+    latest_raw_value: str | None
+    latest_recorded_at: datetime | None
+    latest_sensor_timestamp: str | None
+    is_alarm: bool | None
+    is_line: bool | None
+
+
+def platform_time(value: Any) -> datetime | None:
+    """A stored platform time (text on SQLite, datetime on MySQL) as a naive datetime."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
+
+
+def _flag(value: Any) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _in(values: Sequence[Any]) -> str:
+    return ", ".join(["%s"] * len(values))
+
+
+async def find_user(db: Database, tlink_user_id: int) -> UserView | None:
+    """The user with this TLINK id."""
+    sql = "SELECT tlink_user_id, parent_user_id FROM users WHERE tlink_user_id = %s"
+    rows = await db.fetchall(sql, [tlink_user_id])
+    return UserView(int(rows[0][0]), _text(rows[0][1])) if rows else None
+
+
+_DEVICE_COLUMNS = (
+    "device_id, tlink_user_id, parent_user_id, device_name, device_no, group_id, lat, lng, last_flag, last_push_time"
+)
+
+
+def _device(row: Row) -> DeviceView:
+    return DeviceView(
+        device_id=int(row[0]),
+        tlink_user_id=int(row[1]),
+        parent_user_id=_text(row[2]),
+        device_name=_text(row[3]),
+        device_no=_text(row[4]),
+        group_id=_int(row[5]),
+        lat=_text(row[6]),
+        lng=_text(row[7]),
+        last_flag=_text(row[8]),
+        last_push_time=platform_time(row[9]),
+    )
+
+
+async def find_device(db: Database, tlink_user_id: int, device_id: int) -> DeviceView | None:
+    """The device, if it is this user's."""
+    rows = await db.fetchall(
+        f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = %s AND tlink_user_id = %s", [device_id, tlink_user_id]
+    )
+    return _device(rows[0]) if rows else None
+
+
+async def count_devices(db: Database, tlink_user_id: int) -> int:
+    """How many devices the user has."""
+    rows = await db.fetchall("SELECT COUNT(*) FROM devices WHERE tlink_user_id = %s", [tlink_user_id])
+    return int(rows[0][0])
+
+
+async def list_devices(db: Database, tlink_user_id: int, limit: int, offset: int) -> list[DeviceView]:
+    """One page of the user's devices, by device id."""
+    rows = await db.fetchall(
+        f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE tlink_user_id = %s ORDER BY device_id LIMIT %s OFFSET %s",
+        [tlink_user_id, limit, offset],
+    )
+    return [_device(r) for r in rows]
+
+
+async def sensors_of(db: Database, device_ids: Sequence[int]) -> dict[int, list[SensorView]]:
+    """The sensors of some devices (one query), each device's in display order."""
+    result: dict[int, list[SensorView]] = {d: [] for d in device_ids}
+    if not device_ids:
+        return result
+    rows = await db.fetchall(
+        "SELECT sensor_id, device_id, sensor_name, sensor_type_id, unit, latest_value, latest_raw_value,"
+        " latest_recorded_at, latest_sensor_timestamp, is_alarm, is_line FROM sensors"
+        f" WHERE device_id IN ({_in(device_ids)}) ORDER BY device_id, COALESCE(ordernum, 2147483647), sensor_id",
+        list(device_ids),
+    )
+    for r in rows:
+        sensor = SensorView(
+            sensor_id=int(r[0]),
+            device_id=int(r[1]),
+            sensor_name=_text(r[2]),
+            sensor_type_id=_int(r[3]),
+            unit=_text(r[4]),
+            latest_value=_text(r[5]),
+            latest_raw_value=_text(r[6]),
+            latest_recorded_at=platform_time(r[7]),
+            latest_sensor_timestamp=_text(r[8]),
+            is_alarm=_flag(r[9]),
+            is_line=_flag(r[10]),
+        )
+        result[sensor.device_id].append(sensor)
+    return result
+
+
+_BLOCK_COLUMNS = "log_day, block_no, start_offset, end_offset, min_recorded_at, max_recorded_at"
+_NEWEST_MAX_FIRST = "ORDER BY max_recorded_at DESC, log_day DESC, block_no DESC"
+
+
+def _overlaps(window: Window) -> tuple[str, list[Any]]:
+    """Blocks with readings whose [min, max] reading time overlaps the window."""
+    sql, params = ["device_id = %s"], []
+    if window.start is not None:
+        sql.append("max_recorded_at >= %s")
+        params.append(window.start)
+    else:
+        sql.append("max_recorded_at IS NOT NULL")
+    if window.end is not None:
+        sql.append("min_recorded_at <= %s")
+        params.append(window.end)
+    return " AND ".join(sql), params
+
+
+async def history_starts(
+    db: Database, device_ids: Sequence[int], window: Window, size: int
+) -> dict[int, tuple[LogPoint | None, list[Block]]]:
+    """Per device, in one query: where the newest indexed block begins (from there on the
+    log is read from the files) and the first `size` blocks that overlap the window, in
+    descending (max reading time, day, block) order; the newest block may be among them."""
+    overlap, window_params = _overlaps(window)
+    parts, params = [], []
+    for n, device_id in enumerate(device_ids):
+        parts.append(
+            f"SELECT * FROM (SELECT 0 AS part, device_id, {_BLOCK_COLUMNS} FROM log_blocks WHERE device_id = %s"
+            f" ORDER BY log_day DESC, block_no DESC LIMIT 1) AS tail{n}"
+        )
+        parts.append(
+            f"SELECT * FROM (SELECT 1 AS part, device_id, {_BLOCK_COLUMNS} FROM log_blocks WHERE {overlap}"
+            f" {_NEWEST_MAX_FIRST} LIMIT %s) AS page{n}"
+        )
+        params += [device_id, device_id, *window_params, size + 1]
+    tails: dict[int, LogPoint] = {}
+    pages: dict[int, list[Block]] = {d: [] for d in device_ids}
+    for row in await db.fetchall(" UNION ALL ".join(parts), params) if parts else []:
+        if int(row[0]) == 0:
+            tails[int(row[1])] = LogPoint(str(row[2]), int(row[4]))
+        else:
+            pages[int(row[1])].append(_block(row[2:]))
+    return {d: (tails.get(d), pages[d]) for d in device_ids}
+
+
+async def blocks_before(
+    db: Database, device_id: int, window: Window, tail: LogPoint | None, after: Block | None, limit: int
+) -> list[Block]:
+    """Indexed blocks that overlap `window` and lie before `tail`, next after `after` in
+    descending (max reading time, day, block) order; at most `limit`."""
+    overlap, params = _overlaps(window)
+    sql = [f"SELECT {_BLOCK_COLUMNS} FROM log_blocks WHERE {overlap}"]
+    params.insert(0, device_id)
+    if tail is not None:
+        sql.append("AND (log_day < %s OR (log_day = %s AND start_offset < %s))")
+        params += [tail.day, tail.day, tail.offset]
+    if after is not None:
+        sql.append("AND (max_recorded_at < %s OR (max_recorded_at = %s")
+        sql.append("AND (log_day < %s OR (log_day = %s AND block_no < %s))))")
+        params += [after.max_recorded_at, after.max_recorded_at, after.day, after.day, after.block_no]
+    sql.append(f"{_NEWEST_MAX_FIRST} LIMIT %s")
+    params.append(limit)
+    return [_block(r) for r in await db.fetchall(" ".join(sql), params)]
+
+
+def _block(row: Row) -> Block:
+    low, high = platform_time(row[4]), platform_time(row[5])
+    assert low is not None and high is not None  # the queries only return blocks with readings
+    return Block(str(row[0]), int(row[1]), int(row[2]), int(row[3]), low, high)

@@ -1,0 +1,274 @@
+"""Read routes: a user's devices, latest values, history and raw events, and the vendor reference.
+
+Metadata and latest values come from the read models; history and events from the log
+files. Every answer is built through its model in service.schemas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable
+from functools import partial, wraps
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from eventlog.db import Database, DatabaseUnavailable
+from eventlog.history import FIRST_PAGE, Block, LogPoint, Window, device_events, read_history
+from eventlog.readings import Reading
+from projections import views
+from projections.views import DeviceView, SensorView, UserView
+from service import query, schemas
+from service.errors import ApiError, json_response
+from service.keys import DATABASE, SETTINGS, STORE
+from service.reference import DEVICE_APIS
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def answer(model: type[BaseModel], data: dict[str, Any], status: int = 200) -> web.Response:
+    """Check the answer against its model, strictly (no coercion, no unknown fields), and send it.
+
+    Strict validation leaves nothing to convert, so the checked data is what is sent.
+    """
+    model.model_validate(data, strict=True)
+    return json_response(data, status)
+
+
+def reads_database(handler: Handler) -> Handler:
+    """An unreachable database is a 503 (retry later), not a 500."""
+
+    @wraps(handler)
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except DatabaseUnavailable:
+            raise ApiError(503, "the database is unavailable; retry later") from None
+
+    return wrapper
+
+
+# ---------------------------------------------------------------- answer parts
+
+
+def _time(moment: Any) -> str | None:
+    return None if moment is None else str(moment.isoformat(timespec="seconds"))
+
+
+def user_part(user: UserView) -> dict[str, Any]:
+    """The user shape."""
+    return {"userId": user.tlink_user_id, "parentUserId": user.parent_user_id}
+
+
+def device_part(device: DeviceView) -> dict[str, Any]:
+    """The device summary shape."""
+    return {
+        "deviceId": device.device_id,
+        "userId": device.tlink_user_id,
+        "parentUserId": device.parent_user_id,
+        "deviceName": device.device_name,
+        "deviceNo": device.device_no,
+        "groupId": device.group_id,
+        "lat": device.lat,
+        "lng": device.lng,
+        "lastFlag": device.last_flag,
+        "lastPushTime": _time(device.last_push_time),
+    }
+
+
+def sensor_part(sensor: SensorView) -> dict[str, Any]:
+    """The sensor summary shape."""
+    return {
+        "sensorId": sensor.sensor_id,
+        "deviceId": sensor.device_id,
+        "sensorName": sensor.sensor_name,
+        "sensorTypeId": sensor.sensor_type_id,
+        "unit": sensor.unit,
+        "isAlarm": sensor.is_alarm,
+        "isLine": sensor.is_line,
+        "latestValue": sensor.latest_value,
+        "latestRecordedAt": _time(sensor.latest_recorded_at),
+    }
+
+
+def reading_part(reading: Reading) -> dict[str, Any]:
+    """The reading shape."""
+    return {
+        "recordedAt": _time(reading.recorded_at),
+        "sensorTimestamp": reading.sensor_timestamp,
+        "value": reading.value,
+        "rawValue": reading.raw_value,
+        "isAlarm": reading.is_alarm,
+        "isLine": reading.is_line,
+    }
+
+
+def latest_part(sensor: SensorView) -> dict[str, Any] | None:
+    """A sensor's latest reading from the read model, or None if it never reported."""
+    if sensor.latest_recorded_at is None:
+        return None
+    return {
+        "recordedAt": _time(sensor.latest_recorded_at),
+        "sensorTimestamp": sensor.latest_sensor_timestamp,
+        "value": sensor.latest_value,
+        "rawValue": sensor.latest_raw_value,
+        "isAlarm": sensor.is_alarm,
+        "isLine": sensor.is_line,
+    }
+
+
+def with_history(sensors: list[SensorView], histories: dict[int, list[Reading]]) -> list[dict[str, Any]]:
+    """Sensor summaries each with its history list."""
+    return [{**sensor_part(s), "history": [reading_part(r) for r in histories.get(s.sensor_id, [])]} for s in sensors]
+
+
+# ---------------------------------------------------------------- lookups
+
+
+async def owner(request: web.Request) -> UserView:
+    """The user of the path; 404 if unknown."""
+    user_id = query.path_id(request, query.USER_ID)
+    user = await views.find_user(request.app[DATABASE], user_id)
+    if user is None:
+        raise ApiError(404, f"unknown user {user_id}")
+    return user
+
+
+async def owned_device(request: web.Request, user: UserView, device_id: int) -> DeviceView:
+    """The device if it is the user's; 404 otherwise."""
+    device = await views.find_device(request.app[DATABASE], user.tlink_user_id, device_id)
+    if device is None:
+        raise ApiError(404, f"device {device_id} is not a device of user {user.tlink_user_id}")
+    return device
+
+
+async def histories(
+    app: web.Application, sensors: dict[int, list[SensorView]], window: Window, limit: int
+) -> dict[int, dict[int, list[Reading]]]:
+    """Per device, the newest `limit` readings in the window of each of its sensors, from the log files.
+
+    One query finds every device's tail and first blocks; further blocks, rarely needed,
+    are fetched per device.
+    """
+    wanted = [d for d, found in sensors.items() if found] if limit > 0 else []
+    db, root, store = app[DATABASE], app[SETTINGS].SYNC_LOG_DIR, app[STORE]
+    starts = await views.history_starts(db, wanted, window, FIRST_PAGE)
+    result: dict[int, dict[int, list[Reading]]] = {}
+    for device_id in wanted:
+        tail, first = starts[device_id]
+        fetch = partial(_next_blocks, db, device_id, window, tail, first)
+        newest = {s.sensor_id: s.latest_recorded_at for s in sensors[device_id]}
+        result[device_id] = await read_history(
+            root, device_id, newest, window, limit, tail, fetch, store.durable_end(device_id)
+        )
+    return result
+
+
+async def _next_blocks(
+    db: Database,
+    device_id: int,
+    window: Window,
+    tail: LogPoint | None,
+    first: list[Block],
+    after: Block | None,
+    size: int,
+) -> list[Block]:
+    if after is None:
+        return first
+    return await views.blocks_before(db, device_id, window, tail, after, size)
+
+
+# ---------------------------------------------------------------- handlers
+
+
+@reads_database
+async def list_devices(request: web.Request) -> web.Response:
+    """GET /api/users/{userId}/devices"""
+    settings = request.app[SETTINGS]
+    page, size = query.page(request, settings.DEFAULT_PAGE_SIZE, settings.MAX_PAGE_SIZE)
+    window = query.window(request)
+    limit = query.history_limit(request, settings.DEFAULT_HISTORY_LIMIT, settings.MAX_HISTORY_LIMIT)
+    only = query.optional_id(request, query.DEVICE_FILTER)
+    db = request.app[DATABASE]
+    user = await owner(request)
+    if only is not None:
+        devices = [await owned_device(request, user, only)] if page == 1 else []
+        total = 1
+    else:
+        total = await views.count_devices(db, user.tlink_user_id)
+        devices = await views.list_devices(db, user.tlink_user_id, size, (page - 1) * size)
+    sensors = await views.sensors_of(db, [d.device_id for d in devices])
+    found = await histories(request.app, sensors, window, limit)
+    items = [
+        {**device_part(d), "sensors": with_history(sensors[d.device_id], found.get(d.device_id, {}))} for d in devices
+    ]
+    pagination = {"page": page, "pageSize": size, "total": total, "pages": math.ceil(total / size)}
+    return answer(schemas.DevicesAnswer, {"user": user_part(user), "pagination": pagination, "devices": items})
+
+
+@reads_database
+async def latest(request: web.Request) -> web.Response:
+    """GET /api/users/{userId}/devices/{deviceId}/latest"""
+    device_id = query.path_id(request, query.DEVICE_ID)
+    user = await owner(request)
+    device = await owned_device(request, user, device_id)
+    sensors = (await views.sensors_of(request.app[DATABASE], [device_id]))[device_id]
+    items = [{**sensor_part(s), "latest": latest_part(s)} for s in sensors]
+    return answer(schemas.LatestAnswer, {"user": user_part(user), "device": device_part(device), "sensors": items})
+
+
+@reads_database
+async def history(request: web.Request) -> web.Response:
+    """GET /api/users/{userId}/devices/{deviceId}/history"""
+    settings = request.app[SETTINGS]
+    device_id = query.path_id(request, query.DEVICE_ID)
+    window = query.window(request)
+    limit = query.history_limit(request, settings.DEFAULT_HISTORY_LIMIT, settings.MAX_HISTORY_LIMIT)
+    user = await owner(request)
+    device = await owned_device(request, user, device_id)
+    sensors = await views.sensors_of(request.app[DATABASE], [device_id])
+    found = (await histories(request.app, sensors, window, limit)).get(device_id, {})
+    data = {"user": user_part(user), "device": device_part(device), "sensors": with_history(sensors[device_id], found)}
+    return answer(schemas.HistoryAnswer, data)
+
+
+@reads_database
+async def events(request: web.Request) -> web.Response:
+    """GET /api/users/{userId}/devices/{deviceId}/events"""
+    settings = request.app[SETTINGS]
+    device_id = query.path_id(request, query.DEVICE_ID)
+    page, size = query.page(request, settings.DEFAULT_PAGE_SIZE, settings.MAX_PAGE_SIZE)
+    day, type_ = query.day(request), query.event_type(request)
+    user = await owner(request)
+    device = await owned_device(request, user, device_id)
+    # Deep pages scan many lines: keep the event loop free meanwhile.
+    items, more = await asyncio.get_running_loop().run_in_executor(
+        None,
+        partial(
+            device_events, settings.SYNC_LOG_DIR, device_id, (page - 1) * size, size, day, type_,
+            request.app[STORE].durable_end(device_id),
+        ),
+    )  # fmt: skip
+    data = {
+        "user": user_part(user),
+        "device": device_part(device),
+        "pagination": {"page": page, "pageSize": size, "hasMore": more},
+        "events": items,
+    }
+    return answer(schemas.EventsAnswer, data)
+
+
+async def device_apis(request: web.Request) -> web.Response:
+    """GET /api/reference/device-apis"""
+    return answer(schemas.ReferenceAnswer, {"count": len(DEVICE_APIS), "reference": DEVICE_APIS})
+
+
+def setup(app: web.Application) -> None:
+    """Register the read routes."""
+    app.router.add_get("/api/users/{userId}/devices", list_devices)
+    app.router.add_get("/api/users/{userId}/devices/{deviceId}/latest", latest)
+    app.router.add_get("/api/users/{userId}/devices/{deviceId}/history", history)
+    app.router.add_get("/api/users/{userId}/devices/{deviceId}/events", events)
+    app.router.add_get("/api/reference/device-apis", device_apis)

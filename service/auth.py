@@ -1,0 +1,46 @@
+"""API keys for the read endpoints: with API_KEYS set, `GET /api/...` needs `Authorization: Bearer <key>`.
+
+Exempt: /api/health and /api/ready (liveness and readiness probes carry no secrets),
+CORS preflights (browsers never send credentials on them) and the webhook, which has
+its own token/signature checks.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from service.errors import Handler, error_response
+from service.keys import SETTINGS
+
+EXEMPT_PATHS = frozenset({"/api/health", "/api/ready"})
+GUARDED_METHODS = frozenset({"GET", "HEAD"})
+
+
+def key_ok(keys: list[str], header: str | None) -> bool:
+    """Does the Authorization header carry one of the keys? Compares with every key in constant time."""
+    scheme, _, given = (header or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return False
+    candidate = given.strip().encode()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(candidate, key.encode())
+    return matched
+
+
+def guarded(request: web.Request) -> bool:
+    """Does this request need an API key?"""
+    return request.method in GUARDED_METHODS and request.path.startswith("/api/") and request.path not in EXEMPT_PATHS
+
+
+@web.middleware
+async def api_key_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """401 for a guarded request without a valid key; everything else passes."""
+    keys = request.app[SETTINGS].API_KEYS
+    if keys and guarded(request) and not key_ok(keys, request.headers.get("Authorization")):
+        response = error_response(401, "missing or wrong API key: send Authorization: Bearer <key>")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="tlink-push"'
+        return response
+    return await handler(request)

@@ -1,0 +1,287 @@
+"""Prometheus metrics: one registry per app, the webhook middleware, the log-store hook, scrape-time readers.
+
+Nothing below `service` imports prometheus_client: the log store reports through its
+`on_flush` hook, and the projector, the log store's repairs and the sync job's stats
+are read when Prometheus scrapes, by a custom collector.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
+
+from aiohttp import web
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from service.errors import Handler, error_middleware
+from service.keys import DEAD_LETTERED, PROJECTOR, PUSH_OUTCOME, STORE, STORED_READINGS
+from service.scheduler import RETENTION_STATS, SYNC_STATS
+from service.sync import SyncReport
+
+WEBHOOK_PATH = "/api/webhooks/tlink"
+METRICS_PATH = "/metrics"
+
+OUTCOMES = ("ok", "duplicate", "invalid", "too_large", "unauthorized", "unavailable", "error")
+_OUTCOME_OF_STATUS = {400: "invalid", 413: "too_large", 401: "unauthorized", 503: "unavailable"}
+
+# A push is one fdatasync (~0.25 ms) plus parsing and projection: sub-millisecond to seconds.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+SYNC_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+PER_SYNC_BUCKETS = (0, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+def service_version() -> str:
+    """The installed package version, or "unknown" when run from a bare checkout."""
+    try:
+        return version("tlink-push")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class Metrics:
+    """The app's registry and the instruments observed while serving."""
+
+    def __init__(self, app: web.Application) -> None:
+        # Per app, not the global REGISTRY, so a process (or a test) can hold many apps.
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.webhook_requests = Counter(
+            "tlink_webhook_requests", "Webhook pushes answered, by outcome.", ["outcome"], registry=r
+        )
+        for outcome in OUTCOMES:
+            self.webhook_requests.labels(outcome)
+        self.webhook_seconds = Histogram(
+            "tlink_webhook_duration_seconds", "Time to handle one webhook push, any outcome.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.readings_stored = Counter(
+            "tlink_webhook_readings_stored", "Readings in pushes stored (not counting duplicates).", registry=r
+        )
+        self.dead_lettered = Counter(
+            "tlink_webhook_dead_lettered",
+            "Authenticated push bodies that failed validation and were kept in rejected/.",
+            registry=r,
+        )
+        self.log_lines = Counter("tlink_log_appended_lines", "Event lines appended to the log files.", registry=r)
+        self.log_bytes = Counter("tlink_log_appended_bytes", "Bytes appended to the log files.", registry=r)
+        self.fsync_seconds = Histogram(
+            "tlink_log_fsync_duration_seconds", "Time to write and fdatasync one group commit.",
+            buckets=FSYNC_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_lines = Histogram(
+            "tlink_log_group_commit_lines", "Lines made durable by one group commit (one fdatasync per file).",
+            buckets=BATCH_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.sync_seconds = Histogram(
+            "tlink_sync_duration_seconds", "Duration of one TLINK sync run.", buckets=SYNC_SECONDS_BUCKETS, registry=r
+        )
+        self.sync_devices = Histogram(
+            "tlink_sync_run_devices", "Devices (sync events) stored by one sync run.", buckets=PER_SYNC_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self.sync_readings = Histogram(
+            "tlink_sync_run_readings", "New readings brought by one sync run.", buckets=PER_SYNC_BUCKETS, registry=r
+        )
+        build = Gauge(
+            "tlink_build_info", "Always 1; the labels describe the running build.", ["version", "python"], registry=r
+        )
+        build.labels(service_version(), platform.python_version()).set(1)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        r.register(StateCollector(app))
+
+    def observe_flush(self, lines: int, size: int, fsync_seconds: float) -> None:
+        """The log store's on_flush hook: one group commit became durable."""
+        self.log_lines.inc(lines)
+        self.log_bytes.inc(size)
+        self.fsync_seconds.observe(fsync_seconds)
+        self.batch_lines.observe(lines)
+
+    def observe_sync(self, report: SyncReport) -> None:
+        """The sync stats' observer: one run finished."""
+        self.sync_seconds.observe(report.seconds)
+        self.sync_devices.observe(report.devices)
+        self.sync_readings.observe(report.readings)
+
+    def observe_push(self, request: web.Request, status: int, seconds: float) -> None:
+        """Count one answered webhook push."""
+        outcome = request.get(PUSH_OUTCOME) if status < 300 else None
+        self.webhook_requests.labels(outcome or outcome_of_status(status)).inc()
+        self.webhook_seconds.observe(seconds)
+        self.readings_stored.inc(request.get(STORED_READINGS, 0))
+        if request.get(DEAD_LETTERED):
+            self.dead_lettered.inc()
+
+
+def outcome_of_status(status: int) -> str:
+    """The outcome label of an answer the handler did not label itself."""
+    if status < 300:
+        return "ok"
+    if status in _OUTCOME_OF_STATUS:
+        return _OUTCOME_OF_STATUS[status]
+    return "invalid" if status < 500 else "error"
+
+
+class StateCollector(Collector):
+    """Reads the log store's repairs, the projector's state and the jobs' stats at scrape time."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+
+    def collect(self) -> Iterator[Metric]:
+        """The current values; empty families before the app has started."""
+        yield from self._repairs()
+        yield from self._projection()
+        yield from self._sync()
+        yield from self._retention()
+
+    def _repairs(self) -> Iterator[Metric]:
+        repairs = self._app[STORE].repairs if STORE in self._app else []
+        yield CounterMetricFamily(
+            "tlink_log_torn_tails_repaired", "Torn log tails moved to a .torn quarantine file at start-up.",
+            value=len(repairs),
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "tlink_log_torn_quarantined_bytes", "Bytes of torn log tails moved to quarantine at start-up.",
+            value=sum(r.moved_bytes for r in repairs),
+        )  # fmt: skip
+
+    def _projection(self) -> Iterator[Metric]:
+        projector = self._app.get(PROJECTOR)
+        if projector is None:
+            return
+        stats = projector.stats
+        yield GaugeMetricFamily(
+            "tlink_projection_devices_behind", "Devices whose log is ahead of the read models.", value=projector.behind
+        )
+        yield GaugeMetricFamily(
+            "tlink_projection_queued_events", "Appended events waiting for the projector's next batch.",
+            value=projector.queued,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "tlink_projection_applied_events", "Events applied to the read models.", value=stats.applied_events
+        )
+        if stats.last_applied_at is not None:
+            yield GaugeMetricFamily(
+                "tlink_projection_last_applied_timestamp_seconds", "Unix time the projector last committed a batch.",
+                value=_wall_clock(stats.last_applied_at),
+            )  # fmt: skip
+        yield CounterMetricFamily(
+            "tlink_projection_failures", "Times the projector stopped on an error.", value=stats.failures
+        )
+        yield GaugeMetricFamily(
+            "tlink_projection_failed", "1 while the projector is stopped on an error (see /api/ready).",
+            value=int(projector.failed is not None),
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "tlink_projection_database_available", "1 if the projector's last attempt reached the database.",
+            value=int(projector.available),
+        )  # fmt: skip
+
+    def _sync(self) -> Iterator[Metric]:
+        stats = self._app.get(SYNC_STATS)
+        if stats is None:
+            return
+        runs = CounterMetricFamily("tlink_sync_runs", "Finished TLINK sync runs, by outcome.", labels=["outcome"])
+        for outcome, count in stats.runs.items():
+            runs.add_metric([outcome], count)
+        yield runs
+        yield CounterMetricFamily(
+            "tlink_sync_runs_skipped", "Scheduled sync runs dropped because the previous one was still going.",
+            value=stats.skipped_runs,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "tlink_sync_failures", "Sync failures recorded (a page or a device that could not be synced).",
+            value=stats.failures,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "tlink_sync_token_refreshes", "OAuth tokens obtained from TLINK, the first one included.",
+            value=stats.token_refreshes,
+        )  # fmt: skip
+        yield GaugeMetricFamily("tlink_sync_running", "1 while a sync run is in progress.", value=int(stats.running))
+        if stats.last_finished_at is not None:
+            yield GaugeMetricFamily(
+                "tlink_sync_last_run_timestamp_seconds", "Unix time the last sync run finished.",
+                value=stats.last_finished_at.timestamp(),
+            )  # fmt: skip
+
+    def _retention(self) -> Iterator[Metric]:
+        stats = self._app.get(RETENTION_STATS)
+        if stats is None:
+            return
+        runs = CounterMetricFamily("tlink_retention_runs", "Finished retention passes, by outcome.", labels=["outcome"])
+        runs.add_metric(["ok"], stats.runs)
+        runs.add_metric(["failed"], stats.failed_runs)
+        yield runs
+        yield CounterMetricFamily(
+            "tlink_retention_files_deleted", "Daily log files deleted for being older than LOG_AGE days.",
+            value=stats.files_deleted,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "tlink_retention_files_kept", "Daily files due for deletion but kept (mismatch, database unreachable).",
+            value=stats.files_kept,
+        )  # fmt: skip
+        if stats.last_finished_at is not None:
+            yield GaugeMetricFamily(
+                "tlink_retention_last_run_timestamp_seconds", "Unix time the last retention pass finished.",
+                value=stats.last_finished_at.timestamp(),
+            )  # fmt: skip
+
+
+def _wall_clock(loop_time: float) -> float:
+    """A reading of the event loop's clock (time.monotonic) as Unix time."""
+    return time.time() - (time.monotonic() - loop_time)
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count and time webhook pushes by outcome; other paths pass through untouched."""
+    if request.path != WEBHOOK_PATH or request.method != "POST":
+        return await handler(request)
+    metrics = request.app[METRICS]
+    started = time.perf_counter()
+    try:
+        # Errors become their answers here, so the status counted is the one the client gets.
+        response = await error_middleware(request, handler)
+    except web.HTTPException as exc:  # a non-error HTTP exception passes through error_middleware
+        metrics.observe_push(request, exc.status, time.perf_counter() - started)
+        raise
+    metrics.observe_push(request, response.status, time.perf_counter() - started)
+    return response
+
+
+async def _watch_sync_runs(app: web.Application) -> None:
+    """Subscribe to finished sync runs, whichever order create_app set things up in."""
+    stats = app.get(SYNC_STATS)
+    if stats is not None:
+        stats.observers.append(app[METRICS].observe_sync)
+
+
+def setup(app: web.Application) -> None:
+    """Create the app's metrics and serve them at /metrics."""
+    # The `_created` series double the output and Prometheus ignores them in text format.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    app[METRICS] = Metrics(app)
+    app.router.add_get(METRICS_PATH, make_aiohttp_handler(app[METRICS].registry))
+    # First in on_startup, before the cleanup contexts start the scheduler and its first run.
+    app.on_startup.insert(0, _watch_sync_runs)

@@ -1,0 +1,366 @@
+"""Background jobs on one APScheduler AsyncIOScheduler: `tlink_device_sync` and `sync_log_retention`.
+
+`setup(app)` puts the stats objects on the app and appends `jobs_ctx`, which starts
+the scheduler after the storage is up and stops it (and any job in progress) before
+the storage goes down. The sync first runs at start-up and retention a few minutes
+after it (once recovery and projection catch-up have settled), so restarts more
+frequent than an interval never starve them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import aiohttp
+from aiohttp import web
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobEvent
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from eventlog.db import Database, DatabaseError
+from eventlog.events import utc_now
+from eventlog.retention import (
+    ExpiredFile,
+    FileSummary,
+    cutoff_day,
+    delete_files,
+    expired_files,
+    remove_empty_device_dirs,
+    summarize,
+)
+from service.keys import DATABASE, INGESTOR, SETTINGS
+from service.sync import SyncReport, SyncStats, build_sync
+
+log = logging.getLogger("tlink.jobs")
+
+SYNC_JOB_ID = "tlink_device_sync"
+RETENTION_JOB_ID = "sync_log_retention"
+RETENTION_INTERVAL_SECONDS = 12 * 3600
+RETENTION_FIRST_RUN_SECONDS = 300
+
+T = TypeVar("T")
+
+
+class ExclusiveJob(Generic[T]):
+    """A job that never runs twice at once: scheduled runs skip while it is busy, manual runs wait."""
+
+    def __init__(self, name: str, work: Callable[..., Awaitable[T]], on_skip: Callable[[], None] | None = None) -> None:
+        self.name = name
+        self._work = work
+        self._on_skip = on_skip
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[Any] | None = None
+        self._stopping = False
+
+    @property
+    def busy(self) -> bool:
+        """A run is in progress."""
+        return self._lock.locked()
+
+    async def run(self, *args: Any) -> T:
+        """Run now, after any run in progress; errors reach the caller."""
+        async with self._lock:
+            return await self._work(*args)
+
+    async def scheduled(self) -> None:
+        """The scheduler's entry: skipped while busy; an error is logged, never raised."""
+        if self._stopping:
+            return
+        if self.busy:
+            log.warning("%s skipped: the previous run is still going", self.name)
+            if self._on_skip is not None:
+                self._on_skip()
+            return
+        async with self._lock:
+            self._task = asyncio.current_task()
+            try:
+                await self._work()
+            except asyncio.CancelledError:
+                if not self._stopping:
+                    raise
+                log.warning("%s interrupted by shutdown", self.name)
+            except Exception:
+                log.exception("%s failed", self.name)
+            finally:
+                self._task = None
+
+    async def stop(self) -> None:
+        """No more scheduled runs; cancel a scheduled run in progress and wait for it."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+        async with self._lock:
+            pass
+
+
+# ---------------------------------------------------------------- retention
+
+
+@dataclass(slots=True)
+class PruneReport:
+    """What one retention pass did."""
+
+    cutoff: str  # files of days before this were due
+    deleted: list[Path] = field(default_factory=list)
+    folders: list[Path] = field(default_factory=list)
+    lines: int = 0  # lines in the deleted device files
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # due but kept, with the reason
+    waiting: int = 0  # due device files kept because the database could not be reached
+    db_error: str | None = None
+
+
+@dataclass(slots=True)
+class RetentionStats:
+    """Counters of the retention job since start-up."""
+
+    runs: int = 0
+    failed_runs: int = 0
+    files_deleted: int = 0
+    folders_removed: int = 0
+    files_kept: int = 0  # due but kept (mismatch, undeletable, database unreachable)
+    last_seconds: float | None = None
+    last_finished_at: datetime | None = None
+
+
+Recorded = dict[tuple[int, str], tuple[int, str]]  # (device, day) -> (line_count, last_hash)
+
+
+async def prune_logs(
+    db: Database, root: Path, log_age: int, today: date | None = None, dry_run: bool = False
+) -> PruneReport:
+    """Delete daily files older than `log_age` days; each device file's log_files row is marked pruned first."""
+    report = PruneReport(cutoff_day(today or utc_now().date(), log_age))
+    loop = asyncio.get_running_loop()
+    expired = await loop.run_in_executor(None, expired_files, root, report.cutoff)
+    if dry_run:
+        report.deleted = [f.path for f in expired]
+        return report
+    unchained = [f.path for f in expired if f.device_id is None]
+    by_device: dict[int, list[ExpiredFile]] = {}
+    for f in expired:
+        if f.device_id is not None:
+            by_device.setdefault(f.device_id, []).append(f)
+    approved: list[Path] = []
+    if by_device:
+        try:
+            recorded = await _recorded(db, report.cutoff)
+        except DatabaseError as exc:
+            report.db_error, report.waiting = str(exc), sum(len(files) for files in by_device.values())
+        else:
+            for device_id, files in by_device.items():
+                approved += await _mark_pruned(db, device_id, files, recorded, report)
+    wanted = unchained + approved
+    report.deleted = await loop.run_in_executor(None, delete_files, wanted)
+    gone = set(report.deleted)
+    report.skipped += [(path, "could not be deleted") for path in wanted if path not in gone]
+    # On the event loop thread, like the store's folder creation: a push can never find
+    # its device's folder removed between the store's check and its open.
+    report.folders = remove_empty_device_dirs(root, sorted(by_device))
+    return report
+
+
+async def _recorded(db: Database, cutoff: str) -> Recorded:
+    rows = await db.fetchall(
+        "SELECT device_id, log_day, line_count, last_hash FROM log_files WHERE log_day < %s", [cutoff]
+    )
+    return {(int(r[0]), str(r[1])): (int(r[2]), str(r[3])) for r in rows}
+
+
+async def _mark_pruned(
+    db: Database, device_id: int, files: list[ExpiredFile], recorded: Recorded, report: PruneReport
+) -> list[Path]:
+    """Record each file's line count and last hash as pruned; returns the files now safe to delete."""
+    checks = [recorded.get((device_id, f.day), (None, None))[0] for f in files]
+    summaries = await asyncio.get_running_loop().run_in_executor(None, _summaries, files, checks)
+    marks: list[tuple[ExpiredFile, FileSummary]] = []
+    approved: list[Path] = []
+    for f, summary in zip(files, summaries, strict=True):
+        problem = _mismatch(recorded.get((device_id, f.day)), summary)
+        if problem is not None:
+            report.skipped.append((f.path, problem))
+            continue
+        approved.append(f.path)
+        if summary.line_count:  # an empty file anchors nothing
+            marks.append((f, summary))
+    try:
+        async with db.transaction() as cur:
+            for f, summary in marks:
+                values = (summary.line_count, summary.byte_count, summary.last_hash, device_id, f.day)
+                if (device_id, f.day) in recorded:
+                    await cur.execute(
+                        "UPDATE log_files SET line_count = %s, byte_count = %s, last_hash = %s, pruned = 1"
+                        " WHERE device_id = %s AND log_day = %s",
+                        values,
+                    )
+                else:
+                    await cur.execute(
+                        "INSERT INTO log_files (line_count, byte_count, last_hash, device_id, log_day, pruned)"
+                        " VALUES (%s, %s, %s, %s, %s, 1)",
+                        values,
+                    )
+    except DatabaseError as exc:
+        report.db_error = str(exc)
+        report.waiting += len(approved)
+        return []
+    report.lines += sum(summary.line_count for _, summary in marks)
+    return approved
+
+
+def _summaries(files: list[ExpiredFile], checks: list[int | None]) -> list[FileSummary]:
+    return [summarize(f.path, check) for f, check in zip(files, checks, strict=True)]
+
+
+def _mismatch(recorded: tuple[int, str] | None, summary: FileSummary) -> str | None:
+    """Why a file must not be deleted: it disagrees with the database (evidence for verify)."""
+    if recorded is None:
+        return None
+    line_count, last_hash = recorded
+    if summary.line_count < line_count:
+        return f"has {summary.line_count} lines but the database recorded {line_count}; run tlink-push verify"
+    if summary.hash_at != last_hash:
+        return f"line {line_count} does not match the hash recorded in the database; run tlink-push verify"
+    return None
+
+
+async def run_retention(app: web.Application) -> PruneReport:
+    """One retention pass of the service, logged and counted."""
+    settings, stats = app[SETTINGS], app[RETENTION_STATS]
+    started = time.monotonic()
+    try:
+        report = await prune_logs(app[DATABASE], settings.SYNC_LOG_DIR, settings.LOG_AGE)
+    except Exception:
+        stats.failed_runs += 1
+        raise
+    stats.runs += 1
+    stats.files_deleted += len(report.deleted)
+    stats.folders_removed += len(report.folders)
+    stats.files_kept += len(report.skipped) + report.waiting
+    stats.last_seconds = time.monotonic() - started
+    stats.last_finished_at = utc_now()
+    log_prune(report)
+    return report
+
+
+def log_prune(report: PruneReport) -> None:
+    """The log lines of a retention pass."""
+    for path, reason in report.skipped:
+        log.warning("log file due for retention kept: %s", reason, extra={"file": str(path)})
+    if report.db_error is not None:
+        log.warning("log retention: %d due files kept until the database answers: %s", report.waiting, report.db_error)
+    log.info(
+        "log retention completed deleted=%d folders=%d lines=%d kept=%d cutoff=%s",
+        len(report.deleted), len(report.folders), report.lines, len(report.skipped) + report.waiting, report.cutoff,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- app
+
+
+SCHEDULER = web.AppKey("scheduler", AsyncIOScheduler)
+SYNC_STATS = web.AppKey("sync_stats", SyncStats)
+RETENTION_STATS = web.AppKey("retention_stats", RetentionStats)
+SYNC_JOB: web.AppKey[ExclusiveJob[SyncReport]] = web.AppKey("sync_job")
+RETENTION_JOB: web.AppKey[ExclusiveJob[PruneReport]] = web.AppKey("retention_job")
+
+
+def setup(app: web.Application) -> None:
+    """Stats on the app (readable from creation on) and the jobs' cleanup context, after storage_ctx."""
+    app[SYNC_STATS] = SyncStats()
+    app[RETENTION_STATS] = RetentionStats()
+    app.cleanup_ctx.append(jobs_ctx)
+
+
+def schedule(
+    scheduler: AsyncIOScheduler, job_id: str, job: ExclusiveJob[Any], seconds: float, first_in: float = 0.0
+) -> None:
+    """Every `seconds`, first in `first_in` seconds; never two at once, missed runs collapse into one."""
+    scheduler.add_job(
+        job.scheduled,
+        "interval",
+        seconds=seconds,
+        id=job_id,
+        name=job_id,
+        next_run_time=datetime.now(UTC) + timedelta(seconds=first_in),
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=max(1, int(seconds)),
+    )
+
+
+def new_scheduler(on_overlap: Callable[[str], None] | None = None) -> AsyncIOScheduler:
+    """An AsyncIOScheduler in UTC; `on_overlap(job id)` hears of runs dropped by max_instances."""
+    scheduler = AsyncIOScheduler(timezone=UTC)
+    if on_overlap is not None:
+
+        def listener(event: JobEvent) -> None:
+            on_overlap(event.job_id)
+
+        scheduler.add_listener(listener, EVENT_JOB_MAX_INSTANCES)
+    return scheduler
+
+
+async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The scheduler and its jobs, for the app's lifetime (needs storage_ctx before it)."""
+    sync_stats = app[SYNC_STATS]
+
+    def overlap(job_id: str) -> None:
+        if job_id == SYNC_JOB_ID:
+            sync_stats.skipped_runs += 1
+
+    scheduler = new_scheduler(overlap)
+    jobs: list[ExclusiveJob[Any]] = []
+    session: aiohttp.ClientSession | None = None
+    try:
+        retention = ExclusiveJob(RETENTION_JOB_ID, partial(run_retention, app))
+        schedule(scheduler, RETENTION_JOB_ID, retention, RETENTION_INTERVAL_SECONDS, RETENTION_FIRST_RUN_SECONDS)
+        app[RETENTION_JOB] = retention
+        jobs.append(retention)
+        session = _start_sync(app, scheduler, jobs)
+        scheduler.start()
+        app[SCHEDULER] = scheduler
+        yield
+    finally:
+        for job in jobs:
+            await job.stop()
+        if scheduler.running:
+            scheduler.shutdown(wait=False)
+            await asyncio.sleep(0)  # AsyncIOScheduler.shutdown takes effect on the next loop turn
+        if session is not None:
+            await session.close()
+
+
+def _start_sync(
+    app: web.Application, scheduler: AsyncIOScheduler, jobs: list[ExclusiveJob[Any]]
+) -> aiohttp.ClientSession | None:
+    settings, stats = app[SETTINGS], app[SYNC_STATS]
+    if not settings.TLINK_SYNC_ENABLED:
+        return None
+    if not settings.sync_configured:
+        log.warning(
+            "TLINK sync is enabled but not configured (it needs TLINK_SYNC_USER_IDS, TLINK_OAUTH_USERNAME"
+            " and TLINK_OAUTH_CLIENT_ID): not scheduled"
+        )
+        return None
+    session = aiohttp.ClientSession()
+    sync = build_sync(settings, session, app[INGESTOR], app[DATABASE], stats)
+
+    def skipped() -> None:
+        stats.skipped_runs += 1
+
+    job = ExclusiveJob(SYNC_JOB_ID, sync.run, on_skip=skipped)
+    schedule(scheduler, SYNC_JOB_ID, job, settings.TLINK_SYNC_INTERVAL_SECONDS)
+    app[SYNC_JOB] = job
+    jobs.append(job)
+    log.info(
+        "TLINK sync scheduled every %d s",
+        settings.TLINK_SYNC_INTERVAL_SECONDS,
+        extra={"users": ",".join(map(str, settings.TLINK_SYNC_USER_IDS)), "page_size": settings.TLINK_SYNC_PAGE_SIZE},
+    )
+    return session

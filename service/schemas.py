@@ -1,0 +1,271 @@
+"""The answers of the HTTP API as pydantic models: handlers build answers through them and
+the OpenAPI document is generated from them, so the two cannot drift apart."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PlatformTime = Annotated[
+    str,
+    Field(
+        pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$",
+        description="TLINK platform time, ISO 8601 without zone, as the vendor gives it",
+        examples=["2019-05-10T14:16:21"],
+    ),
+]
+Instant = Annotated[
+    str,
+    Field(
+        pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$",
+        description="UTC instant, ISO 8601 with Z",
+        examples=["2026-11-28T00:35:17.944Z"],
+    ),
+]
+
+
+class Answer(BaseModel):
+    """Base of every answer model: unknown fields are an error, so the document is complete."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorAnswer(Answer):
+    """Every error: what is wrong, naming the parameter or field."""
+
+    error: str = Field(examples=["page must be an integer, got 'x'"])
+
+
+class User(Answer):
+    """A TLINK user."""
+
+    userId: int = Field(description="TLINK user id (deviceUserid of pushes)")
+    parentUserId: str | None = Field(description="the enterprise/tenant above the user")
+
+
+class DeviceSummary(Answer):
+    """A device: its last push and what the last sync said about it."""
+
+    deviceId: int
+    userId: int = Field(description="TLINK user id of the owner")
+    parentUserId: str | None
+    deviceName: str | None
+    deviceNo: str | None
+    groupId: int | None
+    lat: str | None
+    lng: str | None
+    lastFlag: str | None = Field(description="flag of the last push ('00' is a normal upload)")
+    lastPushTime: PlatformTime | None = Field(description="`time` of the last push")
+
+
+class ReadingOut(Answer):
+    """One reading of one sensor."""
+
+    recordedAt: PlatformTime = Field(description="reading time (platform time)")
+    sensorTimestamp: str | None = Field(description="TLINK's own time string of the reading")
+    value: str | None = Field(description="TLINK `value` (scaled)")
+    rawValue: str | None = Field(description="TLINK `reVal` (raw)")
+    isAlarm: bool | None
+    isLine: bool | None
+
+
+class SensorSummary(Answer):
+    """A sensor and its latest value (the newest reading time, not the last received)."""
+
+    sensorId: int
+    deviceId: int
+    sensorName: str | None
+    sensorTypeId: int | None
+    unit: str | None
+    isAlarm: bool | None
+    isLine: bool | None
+    latestValue: str | None
+    latestRecordedAt: PlatformTime | None
+
+
+class SensorWithHistory(SensorSummary):
+    """A sensor with its readings in the window, newest first, at most historyLimit."""
+
+    history: list[ReadingOut]
+
+
+class SensorWithLatest(SensorSummary):
+    """A sensor with its latest reading."""
+
+    latest: ReadingOut | None
+
+
+class DeviceWithSensors(DeviceSummary):
+    """A device with its sensors and their history."""
+
+    sensors: list[SensorWithHistory]
+
+
+class Pagination(Answer):
+    """Where a page stands."""
+
+    page: int = Field(ge=1)
+    pageSize: int = Field(ge=1)
+    total: int = Field(ge=0)
+    pages: int = Field(ge=0)
+
+
+class DevicesAnswer(Answer):
+    """GET /api/users/{userId}/devices"""
+
+    user: User
+    pagination: Pagination
+    devices: list[DeviceWithSensors]
+
+
+class LatestAnswer(Answer):
+    """GET /api/users/{userId}/devices/{deviceId}/latest"""
+
+    user: User
+    device: DeviceSummary
+    sensors: list[SensorWithLatest]
+
+
+class HistoryAnswer(Answer):
+    """GET /api/users/{userId}/devices/{deviceId}/history"""
+
+    user: User
+    device: DeviceSummary
+    sensors: list[SensorWithHistory]
+
+
+class LoggedEvent(BaseModel):
+    """One log line as it stands in the file (more fields may appear), with where it stands."""
+
+    model_config = ConfigDict(extra="allow")
+
+    v: int = Field(description="line format version")
+    id: str = Field(description="event id (UUIDv7)")
+    type: str = Field(description="push, sync or sync_failed")
+    receivedAt: Instant
+    deviceId: int
+    userId: int
+    prev: str = Field(description="hex SHA-256 of the previous line of this device's log")
+    body: dict[str, Any] = Field(description="the JSON received, unchanged")
+    file: str = Field(description="name of the daily log file")
+    line: int = Field(ge=1, description="1-based line number in that file")
+
+
+class UnreadableLine(Answer):
+    """A line that is not a JSON object (it fails `tlink-push verify`)."""
+
+    file: str
+    line: int = Field(ge=1)
+    raw: str
+    error: str
+
+
+class EventsPagination(Answer):
+    """Where a page of events stands (counting every event would mean reading the whole log)."""
+
+    page: int = Field(ge=1)
+    pageSize: int = Field(ge=1)
+    hasMore: bool
+
+
+class EventsAnswer(Answer):
+    """GET /api/users/{userId}/devices/{deviceId}/events"""
+
+    user: User
+    device: DeviceSummary
+    pagination: EventsPagination
+    events: list[LoggedEvent | UnreadableLine]
+
+
+class VendorApi(Answer):
+    """A TLINK REST endpoint (vendor documentation)."""
+
+    endpoint: str
+    method: str
+    summary: str
+    keyFields: list[str]
+
+
+class ReferenceAnswer(Answer):
+    """GET /api/reference/device-apis"""
+
+    count: int
+    reference: list[VendorApi]
+
+
+class HealthAnswer(Answer):
+    """GET /api/health: the process answers."""
+
+    status: Literal["ok"]
+
+
+class Check(Answer):
+    """One readiness check."""
+
+    ok: bool
+    detail: str | None = None
+
+
+class ProjectionCheck(Answer):
+    """How far the read models are behind the log."""
+
+    ok: bool
+    behindDevices: int = Field(description="devices whose log is ahead of the read models")
+    queuedEvents: int = Field(description="appended events waiting to be projected")
+    failed: str | None = Field(description="why the projector stopped, if it did")
+
+
+class ReadyChecks(Answer):
+    """Every readiness check."""
+
+    logRoot: Check
+    database: Check
+    projection: ProjectionCheck
+
+
+class ReadyAnswer(Answer):
+    """GET /api/ready: 200 when ready, 503 with the reasons when not."""
+
+    status: Literal["ready", "not ready"]
+    reasons: list[str]
+    checks: ReadyChecks
+
+
+class WebhookAnswer(Answer):
+    """POST /api/webhooks/tlink"""
+
+    status: Literal["ok"]
+    storedReadings: int = Field(ge=0)
+    eventId: str | None
+    duplicate: bool
+    projected: bool = Field(description="the read models already reflect the push")
+
+
+class PushSensor(BaseModel):
+    """One `sensorsDates` entry of a push (vendor fields; unknown ones are kept)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    sensorsId: int | str
+    sensorsTypeId: int | str | None = None
+    times: str | None = Field(None, description="HH:MM:SS")
+    value: str | None = None
+    reVal: str | None = None
+    isAlarm: str | int | None = None
+    isLine: int | str | None = None
+    unit: str | None = None
+
+
+class PushBody(BaseModel):
+    """A TLINK push body (vendor fields; unknown ones are kept unchanged)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    deviceId: int | str
+    deviceUserid: int | str
+    sensorsDates: list[PushSensor]
+    time: str = Field(description="YYYY-MM-DD HH:MM:SS, platform time")
+    flag: str | None = None
+    parentUserId: str | int | None = None
+    rawData: str | None = None
