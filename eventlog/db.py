@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -271,23 +271,25 @@ def quote(value: str) -> str:
     return "'" + value + "'"
 
 
-def _literal(value: Any) -> str:
-    """A SQL literal for MySQL: the common types directly, anything else through the driver."""
-    kind = type(value)
-    if value is None:
-        return "NULL"
-    if kind is int:
-        return str(value)
-    if kind is str:
-        return quote(value)
-    if kind is datetime:
-        moment: datetime = _mysql_param(value)
-        return "'" + moment.isoformat(" ") + "'"
-    if kind is bool:
-        return "1" if value else "0"
+def _datetime_literal(value: datetime) -> str:
+    moment: datetime = _mysql_param(value)
+    return "'" + moment.isoformat(" ") + "'"
+
+
+def _driver_literal(value: Any) -> str:
     import pymysql
 
     return str(pymysql.converters.escape_item(value, "utf8mb4"))  # floats, dates, bytes
+
+
+# One dict lookup and one call per value: this runs for every column of every row.
+_LITERALS: dict[type, Callable[[Any], str]] = {
+    int: str,
+    str: quote,
+    type(None): lambda _: "NULL",
+    bool: lambda value: "1" if value else "0",
+    datetime: _datetime_literal,
+}
 
 
 def mysql_multirow(sql: str, rows: Sequence[Params]) -> list[str]:
@@ -300,11 +302,12 @@ def mysql_multirow(sql: str, rows: Sequence[Params]) -> list[str]:
     if match is None:
         raise ValueError("not an INSERT ... VALUES (%s, ...) statement")
     head, tail = match.group(1), match.group(3)
+    literals = _LITERALS
     statements: list[str] = []
     values: list[str] = []
     size = 0
     for row in rows:
-        text = "(" + ",".join([_literal(v) for v in row]) + ")"
+        text = "(" + ",".join([literals.get(type(v), _driver_literal)(v) for v in row]) + ")"
         if values and size + len(text) > MAX_STATEMENT_BYTES:
             statements.append(head + ",".join(values) + tail)
             values, size = [], 0
@@ -388,6 +391,19 @@ class MysqlDatabase(Database):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Cursor]:
+        async with self._connection() as conn, conn.cursor() as cursor:
+            await cursor.execute("BEGIN")
+            yield _MysqlCursor(cursor)
+            await conn.commit()
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        """A read in autocommit mode: one round trip, no BEGIN/COMMIT around it."""
+        async with self._connection() as conn, conn.cursor() as cursor:
+            return await _MysqlCursor(cursor).fetchall(sql, params)
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        """A pooled connection; one that failed is closed rather than returned to the pool."""
         pool = await self._get_pool()
         try:
             conn = await pool.acquire()
@@ -395,10 +411,7 @@ class MysqlDatabase(Database):
             raise _translate_mysql(exc) from exc
         healthy = False
         try:
-            async with conn.cursor() as cursor:
-                await cursor.execute("BEGIN")
-                yield _MysqlCursor(cursor)
-                await conn.commit()
+            yield conn
             healthy = True
         except Exception as exc:
             if _is_driver_error(exc):
@@ -406,7 +419,7 @@ class MysqlDatabase(Database):
             raise
         finally:
             if not healthy:
-                conn.close()  # a broken or half-done connection never goes back to the pool
+                conn.close()
             pool.release(conn)
 
     async def write_batch(self, writes: Sequence[tuple[str, Sequence[Params]]]) -> None:
@@ -418,28 +431,13 @@ class MysqlDatabase(Database):
         if len(statements) == 1:
             return
         statements.append("COMMIT")
-        pool = await self._get_pool()
-        try:
-            conn = await pool.acquire()
-        except Exception as exc:
-            raise _translate_mysql(exc) from exc
-        healthy = False
-        try:
+        async with self._connection() as conn:
             if conn.server_status & SERVER_STATUS_NO_BACKSLASH_ESCAPES:
                 raise DatabaseError("the server runs with NO_BACKSLASH_ESCAPES, which this service does not support")
             async with conn.cursor() as cursor:
                 await cursor.execute(";\n".join(statements))
                 while await cursor.nextset():
                     pass
-            healthy = True
-        except Exception as exc:
-            if _is_driver_error(exc):
-                raise _translate_mysql(exc) from exc
-            raise
-        finally:
-            if not healthy:
-                conn.close()  # a failed statement leaves the transaction open: never reuse it
-            pool.release(conn)
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -100,6 +100,15 @@ def reading_time(sent: datetime, times: Any, index: int) -> datetime:
     return moment - timedelta(days=1) if clock > sent.time() else moment
 
 
+def _reading_time(sent: datetime, times: Any, index: int, clocks: dict[Any, datetime]) -> datetime:
+    if isinstance(times, str) and times in clocks:
+        return clocks[times]
+    moment = reading_time(sent, times, index)
+    if isinstance(times, str):
+        clocks[times] = moment
+    return moment
+
+
 def parse_push(body: Any) -> ParsedPush:
     """Check a push body and extract its readings; InvalidBody names what is wrong."""
     if not isinstance(body, dict):
@@ -113,18 +122,19 @@ def parse_push(body: Any) -> ParsedPush:
     if not isinstance(entries, list):
         raise InvalidBody("sensorsDates must be a list")
     sent = parse_platform_time(body.get("time"), "time")
-    readings = [_push_reading(entry, i, sent) for i, entry in enumerate(entries)]
+    clocks: dict[Any, datetime] = {}  # the samples of one upload mostly share one `times`
+    readings = [_push_reading(entry, i, sent, clocks) for i, entry in enumerate(entries)]
     return ParsedPush(device_id=device_id, user_id=user_id, readings=readings)
 
 
-def _push_reading(entry: Any, index: int, sent: datetime) -> Reading:
+def _push_reading(entry: Any, index: int, sent: datetime, clocks: dict[Any, datetime]) -> Reading:
     if not isinstance(entry, dict):
         raise InvalidBody(f"sensorsDates[{index}] must be an object")
     if "sensorsId" not in entry:
         raise InvalidBody(f"missing field sensorsDates[{index}].sensorsId")
     return Reading(
         sensor_id=parse_id(entry["sensorsId"], f"sensorsDates[{index}].sensorsId"),
-        recorded_at=reading_time(sent, entry.get("times"), index),
+        recorded_at=_reading_time(sent, entry.get("times"), index, clocks),
         sensor_timestamp=_text(entry.get("times")),
         value=_text(entry.get("value")),
         raw_value=_text(entry.get("reVal")),

@@ -136,6 +136,7 @@ class Changes:
     sensor_meta: dict[int, SensorMetaRow] = field(default_factory=dict)
     readings: dict[tuple[int, datetime], tuple[int, Reading, str]] = field(default_factory=dict)
     blocks: dict[tuple[int, str, int], BlockRow] = field(default_factory=dict)
+    block_spans: dict[tuple[int, str, int], list[Any]] = field(default_factory=dict)
     files: dict[tuple[int, str], FileRow] = field(default_factory=dict)
 
 
@@ -145,9 +146,10 @@ class Changes:
 def merge_user(old: UserRow | None, new: UserRow) -> UserRow:
     if old is None:
         return new
-    if new.updated_at >= old.updated_at:
-        return replace(new, parent_user_id=new.parent_user_id or old.parent_user_id)
-    return replace(old, parent_user_id=old.parent_user_id or new.parent_user_id)
+    newer, older = (new, old) if new.updated_at >= old.updated_at else (old, new)
+    if newer.parent_user_id is not None or older.parent_user_id is None:
+        return newer
+    return replace(newer, parent_user_id=older.parent_user_id)
 
 
 def merge_device_push(old: DevicePushRow | None, new: DevicePushRow) -> DevicePushRow:
@@ -165,6 +167,8 @@ def merge_sensor_latest(old: SensorLatestRow | None, new: SensorLatestRow) -> Se
     type_id = old.sensor_type_id if old.sensor_type_id is not None else new.sensor_type_id
     unit = old.unit if old.unit is not None else new.unit
     winner = new if new.reading.recorded_at > old.reading.recorded_at else old
+    if winner.sensor_type_id == type_id and winner.unit == unit:
+        return winner  # the common case: no copy
     return replace(winner, sensor_type_id=type_id, unit=unit)
 
 
@@ -209,6 +213,8 @@ def changes_of(batch: list[Placed]) -> Changes:
     changes = Changes()
     for placed in batch:
         add_event(changes, placed)
+    for (device_id, day, block_no), (start, end, first, low, high) in changes.block_spans.items():
+        changes.blocks[(device_id, day, block_no)] = BlockRow(device_id, day, block_no, start, end, first, low, high)
     return changes
 
 
@@ -232,17 +238,14 @@ def add_event(changes: Changes, placed: Placed) -> None:
             _add_reading(changes, event, reading, None, None)
     block_no = (placed.line_no - 1) // BLOCK_LINES
     times = [r.recorded_at for r in readings]
-    block = BlockRow(
-        device_id=event.device_id,
-        day=placed.day,
-        block_no=block_no,
-        start_offset=placed.offset,
-        end_offset=placed.end,
-        first_line=placed.line_no,
-        min_recorded_at=min(times, default=None),
-        max_recorded_at=max(times, default=None),
-    )
-    _put(changes.blocks, (event.device_id, placed.day, block_no), block, merge_block)
+    low, high = min(times, default=None), max(times, default=None)
+    key = (event.device_id, placed.day, block_no)
+    span = changes.block_spans.get(key)
+    if span is None:
+        changes.block_spans[key] = [placed.offset, placed.end, placed.line_no, low, high]
+    else:  # widen it in place: no row copy per line
+        span[0], span[1], span[2] = min(span[0], placed.offset), max(span[1], placed.end), min(span[2], placed.line_no)
+        span[3], span[4] = _least(span[3], low), _greatest(span[4], high)
     file_row = FileRow(event.device_id, placed.day, placed.line_no, placed.end, placed.hash)
     _put(changes.files, (event.device_id, placed.day), file_row, merge_file)
 
