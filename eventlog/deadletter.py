@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 from datetime import datetime
 from pathlib import Path
 
 import orjson
 
 from eventlog.events import format_instant, utc_now
-from eventlog.files import fsync_dir
+from eventlog.files import append_durably
 
 REJECTED_DIR = "rejected"
 
@@ -38,17 +37,5 @@ class DeadLetters:
         line = orjson.dumps(record) + b"\n"
         path = self.path_for(now)
         async with self._lock:
-            await asyncio.get_running_loop().run_in_executor(None, self._write, path, line)
+            await asyncio.get_running_loop().run_in_executor(None, append_durably, path, line)
         return path
-
-    def _write(self, path: Path, line: bytes) -> None:
-        created = not self.folder.is_dir()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if created:
-            fsync_dir(self.folder.parent)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)

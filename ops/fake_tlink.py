@@ -50,6 +50,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from service.tlink_client import parse_json
+
 FIXTURE_USER_ID = 385
 MAX_PAGE_SIZE = 100
 TOKEN_PATH = "/oauth/token"
@@ -258,13 +260,7 @@ def empty_page(fixtures_dir: Path, user_id: int, page: int, page_size: int) -> d
 
 
 async def read_json_body(request: web.Request) -> Any:
-    raw = await request.read()
-    if not raw:
-        return None
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
+    return parse_json(await request.read())
 
 
 def bearer_token(request: web.Request) -> str | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ import orjson
 
 from eventlog.db import Database, DatabaseError
 from eventlog.events import SYNC_FAILED, format_instant, utc_now
-from eventlog.files import fsync_dir
+from eventlog.files import append_durably
 from eventlog.readings import InvalidBody, Reading, parse_id, sync_readings
 from eventlog.retention import SYNC_FAILURES_DIR, sync_failures_path
 from service.config import Settings
@@ -138,20 +137,8 @@ class SyncFailureLog:
         path = sync_failures_path(self.root, str(record["at"])[:10])
         line = orjson.dumps(record) + b"\n"
         async with self._lock:
-            await asyncio.get_running_loop().run_in_executor(None, _append_synced, path, line)
+            await asyncio.get_running_loop().run_in_executor(None, append_durably, path, line)
         return path
-
-
-def _append_synced(path: Path, line: bytes) -> None:
-    if not path.parent.is_dir():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fsync_dir(path.parent.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def client_config(settings: Settings) -> TlinkClientConfig:
