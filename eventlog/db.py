@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -105,11 +105,15 @@ class Database(ABC):
             rows: list[Row] = await cur.fetchall(sql, params)
         return rows
 
-    async def write_batch(self, writes: Sequence[tuple[str, Sequence[Params]]]) -> None:
-        """Run several multi-row writes as one transaction."""
+    async def write_batch(
+        self, writes: Sequence[tuple[str, Sequence[Params]]], before_commit: Awaitable[object] | None = None
+    ) -> None:
+        """Run several multi-row writes as one transaction, committed once `before_commit` is done."""
         async with self.transaction() as cur:
             for sql, rows in writes:
                 await cur.executemany(sql, rows)
+            if before_commit is not None:
+                await before_commit
 
     async def execute_script(self, script: str) -> None:
         """Run `;`-separated DDL statements one by one."""
@@ -422,15 +426,20 @@ class MysqlDatabase(Database):
                 conn.close()
             pool.release(conn)
 
-    async def write_batch(self, writes: Sequence[tuple[str, Sequence[Params]]]) -> None:
-        """The whole transaction as one multi-statement: a single round trip to the server."""
+    async def write_batch(
+        self, writes: Sequence[tuple[str, Sequence[Params]]], before_commit: Awaitable[object] | None = None
+    ) -> None:
+        """The transaction as one multi-statement (one round trip), then COMMIT.
+
+        With `before_commit`, the statements run while it is pending and only the COMMIT
+        waits for it: the projection's work overlaps the log's fsync.
+        """
         statements = ["BEGIN"]
         for sql, rows in writes:
             if rows:
                 statements.extend(mysql_multirow(sql, rows))
-        if len(statements) == 1:
-            return
-        statements.append("COMMIT")
+        if before_commit is None:
+            statements.append("COMMIT")
         async with self._connection() as conn:
             if conn.server_status & SERVER_STATUS_NO_BACKSLASH_ESCAPES:
                 raise DatabaseError("the server runs with NO_BACKSLASH_ESCAPES, which this service does not support")
@@ -438,6 +447,9 @@ class MysqlDatabase(Database):
                 await cursor.execute(";\n".join(statements))
                 while await cursor.nextset():
                     pass
+                if before_commit is not None:
+                    await before_commit  # raising here leaves the transaction open: the connection is closed
+                    await cursor.execute("COMMIT")
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -99,6 +99,9 @@ class _Batch:
 
 
 FlushObserver = Callable[[int, int, float], None]  # (lines, bytes, fsync seconds)
+# Hears of a batch of lines before they are written; the future resolves once they are
+# durable (or fails: then they were never written). Lets work overlap the fsync.
+StagedListener = Callable[[list[Appended], "asyncio.Future[None]"], None]
 
 
 class LogStore:
@@ -127,6 +130,7 @@ class LogStore:
         self._closing = False
         self._on_flush = on_flush
         self._lock_fd: int | None = None
+        self.on_staged: StagedListener | None = None
         self.repairs: list[Repair] = []
 
     async def open(self) -> list[Repair]:
@@ -190,19 +194,27 @@ class LogStore:
 
     async def _flush(self, pending: list[_Pending]) -> None:
         batch = _Batch()
+        durable: asyncio.Future[None] | None = None
         try:
             for item in pending:
                 self._stage(batch, item)
+            if self.on_staged is not None:
+                durable = asyncio.get_running_loop().create_future()
+                self.on_staged([appended for _, appended in batch.items], durable)
             started = asyncio.get_running_loop().time()
             await self._write_and_sync(batch)
             elapsed = asyncio.get_running_loop().time() - started
         except Exception as exc:  # disk full, I/O error: the whole batch fails, heads roll back
             self._roll_back(batch)
             error = LogUnavailable(f"could not write the event log: {exc}")
+            if durable is not None:
+                durable.set_exception(error)
             for item in pending:
                 if not item.future.done():
                     item.future.set_exception(error)
             return
+        if durable is not None:
+            durable.set_result(None)
         for item, appended in batch.items:
             self._durable[appended.event.device_id] = (appended.day, appended.end)
             if not item.future.done():

@@ -15,15 +15,22 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from eventlog.db import DatabaseUnavailable
 from eventlog.files import device_days, log_path, read_lines
-from eventlog.store import Appended
+from eventlog.store import Appended, LogUnavailable
 from projections.changes import Placed, changes_of, placed_line
 from projections.errors import ProjectionError
 from projections.recorder import Position, Recorder
 
 log = logging.getLogger("tlink.projector")
+
+
+def _observe(future: asyncio.Future[Any]) -> None:
+    """Mark a durability future's failure as seen (its waiter handles it, or nobody needs to)."""
+    if not future.cancelled():
+        future.exception()
 
 DurableEnd = Callable[[int], tuple[str | None, int]]
 
@@ -73,6 +80,8 @@ class Projector:
         self._positions: dict[int, Position] | None = None
         self._behind: set[int] = set()
         self._queue: list[_Item] = []
+        self._staged: dict[str, asyncio.Future[bool]] = {}  # by event id, until `project` asks
+        self._durables: list[asyncio.Future[None]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -99,8 +108,27 @@ class Projector:
         self._release(self._queue)
         self._queue = []
 
+    def on_staged(self, appended: list[Appended], durable: asyncio.Future[None]) -> None:
+        """The log store's hook: lines about to be written, durable once `durable` resolves.
+
+        Their batch starts now and commits after the fsync, so the two overlap.
+        """
+        durable.add_done_callback(_observe)
+        if self.failed is not None or self._stopping or not self.available:
+            return  # `project` marks them behind
+        loop = asyncio.get_running_loop()
+        for item in appended:
+            future: asyncio.Future[bool] = loop.create_future()
+            self._staged[item.event.id] = future
+            self._queue.append(_Item(item, future))
+        self._durables.append(durable)
+        self._wakeup.set()
+
     async def project(self, appended: Appended) -> bool:
         """Apply a just-appended event; True once the read models reflect it, False if left behind."""
+        staged = self._staged.pop(appended.event.id, None)
+        if staged is not None:
+            return await staged
         if self.failed is not None or self._stopping or not self.available:
             self._behind.add(appended.event.device_id)
             self._wakeup.set()
@@ -136,8 +164,9 @@ class Projector:
                 if self._positions is None:
                     await self._load_positions()
                 items, self._queue = self._queue[: self.batch_limit], self._queue[self.batch_limit :]
+                durables, self._durables = self._durables, []
                 if items or self._behind:
-                    await self._apply_batch(items)
+                    await self._apply_batch(items, durables)
                     if self._queue or self._behind:
                         await asyncio.sleep(0)  # let handlers run between catch-up batches
                         continue
@@ -145,6 +174,8 @@ class Projector:
                 self._note_unavailable(exc)
                 await self._sleep(self.retry_seconds)
                 continue
+            except LogUnavailable:
+                continue  # those lines were never written; the batch's devices are re-read from the log
             except Exception as exc:  # a bug or bad data: stop loudly, never skip
                 self._fail(exc)
                 return
@@ -181,7 +212,7 @@ class Projector:
                 behind.add(device_id)
         return behind
 
-    async def _apply_batch(self, items: list[_Item]) -> None:
+    async def _apply_batch(self, items: list[_Item], durables: list[asyncio.Future[None]] | None = None) -> None:
         assert self._positions is not None
         try:
             placed = self._hot_events(items)
@@ -198,8 +229,13 @@ class Projector:
                 if complete:
                     caught_up.append(device_id)
             started = asyncio.get_running_loop().time()
+            before_commit = asyncio.gather(*durables) if durables else None
+            if before_commit is not None:
+                before_commit.add_done_callback(_observe)
             if placed:
-                await self.recorder.record(changes_of(placed))
+                await self.recorder.record(changes_of(placed), before_commit)
+            elif before_commit is not None:
+                await before_commit
         except BaseException:
             for item in items:
                 self._behind.add(item.appended.event.device_id)
@@ -289,6 +325,9 @@ class Projector:
         for item in items:
             if not item.future.done():
                 item.future.set_result(False)
+        if len(self._staged) > 10 * self.batch_limit:  # answers nobody came for (a failed append)
+            for event_id in [k for k, f in self._staged.items() if f.done()]:
+                del self._staged[event_id]
 
     def _note_unavailable(self, exc: BaseException) -> None:
         if self.available:

@@ -7,7 +7,7 @@ atomically, so a restart resumes exactly where the last committed batch ended.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
@@ -57,8 +57,11 @@ class Recorder(ABC):
     """Storage of the projection."""
 
     @abstractmethod
-    async def record(self, changes: Changes) -> None:
-        """Write a batch atomically (all or nothing)."""
+    async def record(self, changes: Changes, before_commit: Awaitable[object] | None = None) -> None:
+        """Write a batch atomically (all or nothing); commit only once `before_commit` is done.
+
+        If `before_commit` raises, nothing is committed and the error propagates.
+        """
 
     @abstractmethod
     async def positions(self) -> dict[int, Position]:
@@ -92,8 +95,10 @@ class MemoryRecorder(Recorder):
         if not self.available:
             raise DatabaseUnavailable("memory recorder switched off")
 
-    async def record(self, changes: Changes) -> None:
+    async def record(self, changes: Changes, before_commit: Awaitable[object] | None = None) -> None:
         self._check()
+        if before_commit is not None:
+            await before_commit
         for placed in changes.events:
             event = placed.event
             if event.id in self.events:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
 from eventlog.db import Database
@@ -186,9 +186,10 @@ class SqlRecorder(Recorder):
         self.statements = Statements(db.kind)
         self._auto_schema = auto_schema
 
-    async def record(self, changes: Changes) -> None:
+    async def record(self, changes: Changes, before_commit: Awaitable[object] | None = None) -> None:
         writes = log_rows(changes) + read_model_rows(changes)
-        await self.db.write_batch([(getattr(self.statements, name), rows) for name, rows in writes])
+        statements = [(getattr(self.statements, name), rows) for name, rows in writes]
+        await self.db.write_batch(statements, before_commit)
 
     async def positions(self) -> dict[int, Position]:
         if self._auto_schema:  # first contact with the database: make sure the tables exist

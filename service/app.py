@@ -34,6 +34,7 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
         )
     recorder = SqlRecorder(db, auto_schema=settings.AUTO_APPLY_SCHEMA)
     projector = Projector(recorder, settings.SYNC_LOG_DIR, store.durable_end, store.devices)
+    store.on_staged = projector.on_staged
     await projector.start()
     app[DATABASE], app[STORE], app[RECORDER], app[PROJECTOR] = db, store, recorder, projector
     app[INGESTOR] = Ingestor(store, projector, recorder)

@@ -4,10 +4,11 @@
 -- The log files are the source of truth: every table below can be rebuilt from them
 -- (`tlink-push replay`; `tlink-push rebuild` for the read models while serving).
 
--- One row per log line, in the same transaction as the read models it feeds.
+-- One row per log line, in the same transaction as the read models it feeds. The ids
+-- are UUIDv7, so the primary key grows in time order. Auditors read a device's events
+-- from its log files (or GET /api/users/<u>/devices/<d>/events), not from here.
 CREATE TABLE IF NOT EXISTS events (
-  seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
-  event_id CHAR(36) NOT NULL,
+  event_id CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY,
   type VARCHAR(32) NOT NULL,
   device_id BIGINT NOT NULL,
   user_id BIGINT NOT NULL,
@@ -18,9 +19,7 @@ CREATE TABLE IF NOT EXISTS events (
   body_hash CHAR(64) NULL,
   line_hash CHAR(64) NOT NULL,
   body LONGTEXT NOT NULL,
-  UNIQUE KEY uq_events_event_id (event_id),
-  KEY ix_events_body (body_hash),
-  KEY ix_events_device_line (device_id, log_day, line_no)
+  KEY ix_events_body (body_hash)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
 -- Per device and daily file: how far the projection has applied it, and the hash of

@@ -1,8 +1,7 @@
 -- TLINK push data service: embedded SQLite schema (the same tables as schema.sql).
 
 CREATE TABLE IF NOT EXISTS events (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
-  event_id TEXT NOT NULL UNIQUE,
+  event_id TEXT NOT NULL PRIMARY KEY,
   type TEXT NOT NULL,
   device_id INTEGER NOT NULL,
   user_id INTEGER NOT NULL,
@@ -15,7 +14,6 @@ CREATE TABLE IF NOT EXISTS events (
   body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ix_events_body ON events (body_hash);
-CREATE INDEX IF NOT EXISTS ix_events_device_line ON events (device_id, log_day, line_no);
 
 CREATE TABLE IF NOT EXISTS log_files (
   device_id INTEGER NOT NULL,

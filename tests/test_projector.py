@@ -39,6 +39,7 @@ class Harness:
             self.recorder, self.root, self.store.durable_end, self.store.devices, retry_seconds=0.05
         )
         await self.projector.start()
+        self.store.on_staged = self.projector.on_staged
 
     async def stop(self):
         await self.store.close()
@@ -127,7 +128,7 @@ async def test_a_restart_applies_what_the_log_has_and_the_recorder_lacks(log_roo
 
 
 async def test_a_projection_bug_stops_the_projector_loudly(harness, monkeypatch):
-    async def broken(changes):
+    async def broken(changes, before_commit=None):
         raise RuntimeError("column does not exist")
 
     monkeypatch.setattr(harness.recorder, "record", broken)
@@ -135,3 +136,23 @@ async def test_a_projection_bug_stops_the_projector_loudly(harness, monkeypatch)
     assert not projected
     assert isinstance(harness.projector.failed, RuntimeError)
     assert harness.projector.stats.failures == 1
+
+
+async def test_a_failed_fsync_projects_nothing_of_its_batch(harness, monkeypatch):
+    import os
+
+    from eventlog.store import LogUnavailable
+
+    await harness.push(push_body(5, {51: "1"}, "2026-05-01 10:00:00"))
+
+    def broken(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", broken)
+    with pytest.raises(LogUnavailable):
+        await harness.push(push_body(5, {51: "2"}, "2026-05-01 10:00:10"))
+    monkeypatch.undo()
+    await harness.settle()
+    assert len(harness.recorder.events) == 1  # the line never written is not in the read models either
+    _, projected = await harness.push(push_body(5, {51: "3"}, "2026-05-01 10:00:20"))
+    assert projected and len(harness.recorder.events) == 2
