@@ -227,7 +227,7 @@ async def test_projection_lag_shows_while_the_database_is_down(app_client, monke
     app[PROJECTOR].retry_seconds = 0.05
     real_record = app[RECORDER].record
 
-    async def down(changes):
+    async def down(changes, before_commit=None):
         raise DatabaseUnavailable("database is down")
 
     monkeypatch.setattr(app[RECORDER], "record", down)
