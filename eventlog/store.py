@@ -243,20 +243,23 @@ class LogStore:
 
     async def _write_and_sync(self, batch: _Batch) -> None:
         fds = []
+        dirs: set[Path] = set()
         for (device_id, day), lines in batch.buffers.items():
-            fd = self._fd(device_id, day)
+            fd = self._fd(device_id, day, dirs)
             data = b"".join(lines)
             if os.write(fd, data) != len(data):
                 raise OSError("short write")
             fds.append(fd)
+        dirs.update(p.parent for p in batch.new_files)
         loop = asyncio.get_running_loop()
         # Files synced in parallel cost a fraction of one after another, but every hop to a
         # thread costs CPU too: a few threads each take a share of the files.
         shares = [fds[i :: self._sync_threads] for i in range(min(self._sync_threads, len(fds)))]
         await asyncio.gather(*(loop.run_in_executor(self._pool, _sync_all, share) for share in shares))
-        dirs = {p.parent for p in batch.new_files}
         if dirs:
             await asyncio.gather(*(loop.run_in_executor(self._pool, fsync_dir, d) for d in dirs))
+        if batch.new_files or len(self._fds) > self._max_open:
+            self._close_stale(set(batch.buffers))
 
     def _roll_back(self, batch: _Batch) -> None:
         """Cut anything of the failed batch off the files and restore the chain heads."""
@@ -278,7 +281,8 @@ class LogStore:
         except OSError:
             pass  # recovery at the next start cuts a torn tail anyway
 
-    def _fd(self, device_id: int, day: str) -> int:
+    def _fd(self, device_id: int, day: str, new_dirs: set[Path]) -> int:
+        """The open descriptor of a file (opened, and its folder made, if need be)."""
         key = (device_id, day)
         fd = self._fds.get(key)
         if fd is not None:
@@ -287,14 +291,21 @@ class LogStore:
         folder = device_dir(self.root, device_id)
         if not folder.is_dir():
             folder.mkdir(parents=True, exist_ok=True)
-            fsync_dir(self.root)
+            new_dirs.add(self.root)  # the new folder's entry is synced with the batch
         fd = os.open(log_path(self.root, device_id, day), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._fds[key] = fd
-        for old_key in [k for k in self._fds if k[0] == device_id and k[1] < day]:
-            os.close(self._fds.pop(old_key))  # a passed day is never written again
-        while len(self._fds) > self._max_open:
-            os.close(self._fds.popitem(last=False)[1])
         return fd
+
+    def _close_stale(self, in_use: set[tuple[int, str]]) -> None:
+        """After a flush: close passed days' files (never written again) and the least used beyond the cap."""
+        newest: dict[int, str] = {}
+        for device_id, day in self._fds:
+            if day > newest.get(device_id, ""):
+                newest[device_id] = day
+        for key in [k for k in self._fds if k[1] < newest[k[0]] and k not in in_use]:
+            os.close(self._fds.pop(key))
+        for key in [k for k in self._fds if k not in in_use][: max(0, len(self._fds) - self._max_open)]:
+            os.close(self._fds.pop(key))
 
     def _load_head(self, device_id: int) -> _Head:
         head = self._heads.get(device_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 
@@ -16,6 +17,16 @@ log = logging.getLogger("tlink.server")
 
 # Seconds in-flight requests get to finish after SIGTERM before connections are closed.
 SHUTDOWN_TIMEOUT = 30.0
+
+
+async def _freeze_start_up_objects(app: web.Application) -> None:
+    """Move everything alive after start-up out of the garbage collector's sight.
+
+    A full collection over the start-up objects (modules, pydantic models, the schema)
+    took 30 to 50 ms, a pause every request in flight then waited for.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def run_server(settings: Settings, host: str | None = None, port: int | None = None) -> int:
@@ -35,6 +46,7 @@ def run_server(settings: Settings, host: str | None = None, port: int | None = N
     scheme = "https" if ssl_context else "http"
     log.info("starting: %s", describe_settings(settings.model_dump(), set(SECRET_SETTINGS)))
     app = create_app(settings)
+    app.on_startup.append(_freeze_start_up_objects)
     app.on_shutdown.append(_announce_shutdown)
 
     def listening(_banner: str) -> None:  # run_app calls it once the socket is bound

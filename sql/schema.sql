@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS log_blocks (
   min_recorded_at DATETIME NULL,
   max_recorded_at DATETIME NULL,
   PRIMARY KEY (device_id, log_day, block_no),
-  KEY ix_log_blocks_time (device_id, max_recorded_at)
+  KEY ix_log_blocks_time (device_id, max_recorded_at, min_recorded_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
 -- Read models.

@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS log_blocks (
   max_recorded_at TEXT NULL,
   PRIMARY KEY (device_id, log_day, block_no)
 );
-CREATE INDEX IF NOT EXISTS ix_log_blocks_time ON log_blocks (device_id, max_recorded_at);
+CREATE INDEX IF NOT EXISTS ix_log_blocks_time ON log_blocks (device_id, max_recorded_at, min_recorded_at);
 
 CREATE TABLE IF NOT EXISTS users (
   id TEXT NOT NULL PRIMARY KEY,

@@ -181,3 +181,28 @@ async def test_verify_reports_one_changed_byte(log_root, clock):
     data[data.index(b'"n":0') + 4] = ord("1")
     path.write_bytes(bytes(data))
     assert not verify(log_root, recorded).ok
+
+
+async def test_one_flush_across_midnight_for_the_same_device(log_root, clock):
+    store = LogStore(log_root, clock=clock)
+    await store.open()
+    await append(store, 12, 0)  # the 2026-03-01 file is open
+    events = [store.new_event(PUSH, 12, 385, {"n": i}) for i in range(1, 4)]
+    clock.now += timedelta(minutes=2)
+    events += [store.new_event(PUSH, 12, 385, {"n": i}) for i in range(4, 8)]
+    await asyncio.gather(*(store.append(e) for e in events))  # one flush, both days' files
+    await append(store, 12, 8)
+    await store.close()
+    assert device_days(log_root, 12) == ["2026-03-01", "2026-03-02"]
+    assert [len(lines_of(log_path(log_root, 12, d))) for d in ("2026-03-01", "2026-03-02")] == [4, 5]
+    assert verify(log_root).ok
+
+
+async def test_more_files_in_one_flush_than_may_stay_open(log_root, clock):
+    store = LogStore(log_root, clock=clock, max_open_files=4)
+    await store.open()
+    await asyncio.gather(*(append(store, 100 + i, i) for i in range(20)))
+    await asyncio.gather(*(append(store, 100 + i, i + 20) for i in range(20)))
+    await store.close()
+    assert all(len(lines_of(log_path(log_root, 100 + i, "2026-03-01"))) == 2 for i in range(20))
+    assert verify(log_root).ok
