@@ -24,7 +24,15 @@ import orjson
 
 from eventlog.events import PUSH, SYNC
 from eventlog.files import device_days, log_path
-from eventlog.readings import Reading, flag_bool, parse_id, reading_time, sync_readings
+from eventlog.readings import (
+    InvalidBody,
+    Reading,
+    flag_bool,
+    parse_id,
+    parse_platform_time,
+    reading_time,
+    sync_readings,
+)
 
 # Pages of blocks grow geometrically: the usual request needs two or three blocks,
 # a sparse sensor or a large limit gets there in a few queries.
@@ -84,6 +92,9 @@ class _TopK:
         self.window = window
         self.kept: dict[int, dict[datetime, tuple[LogPoint, Reading]]] = {s: {} for s in sensor_ids}
         self.heaps: dict[int, list[datetime]] = {s: [] for s in sensor_ids}
+        self._full = 0
+        # Once every sensor has k readings: the oldest reading time any of them still takes.
+        self.floor: datetime | None = None
 
     def wants(self, sensor_id: int, moment: datetime) -> bool:
         """Could a reading of this sensor at this time be (or replace one) in the answer?"""
@@ -105,7 +116,10 @@ class _TopK:
             del kept[heapq.heappushpop(heap, moment)]
         else:
             heapq.heappush(heap, moment)
+            self._full += len(heap) == self.k
         kept[moment] = (point, reading)
+        if self._full == len(self.heaps):
+            self.floor = min(h[0] for h in self.heaps.values())
 
     def settled(self, sensor_ids: list[int], next_max: datetime) -> bool:
         """True when no reading at or before `next_max` can enter any of these sensors' answers."""
@@ -235,7 +249,7 @@ def _scan_line(topk: _TopK, point: LogPoint, raw: bytes) -> None:
             for reading in sync_readings(body):
                 if topk.wants(reading.sensor_id, reading.recorded_at):
                     topk.offer(point, reading)
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (orjson.JSONDecodeError, InvalidBody, KeyError, TypeError, ValueError):
         return  # not an event line; `tlink-push verify` is the tool that reports those
 
 
@@ -246,18 +260,18 @@ def _scan_push(topk: _TopK, point: LogPoint, body: dict[str, Any]) -> None:
     repeated; only readings that can enter the answer are built, and each distinct
     `times` of the body is dated once.
     """
-    text = body["time"]
-    # parse_platform_time accepted this text at ingest; for text of its pattern
-    # fromisoformat gives the same datetime, several times faster.
-    sent = datetime.fromisoformat(text)
-    # A sample taken at the clock of `time` itself (the usual case) is dated `time`.
-    dated: dict[Any, datetime] = {text[11:]: sent}
+    sent = parse_platform_time(body["time"], "time")
+    dated: dict[Any, datetime] = {}
     for index, entry in enumerate(body["sensorsDates"]):
         times = entry.get("times")
         moment = dated.get(times)
         if moment is None:
             moment = dated[times] = reading_time(sent, times, index)
-        sensor_id = parse_id(entry["sensorsId"], "sensorsId")
+        if topk.floor is not None and moment < topk.floor:
+            continue  # older than what every sensor already has
+        sensor_id = entry["sensorsId"]
+        if type(sensor_id) is not int:
+            sensor_id = parse_id(sensor_id, "sensorsId")
         if topk.wants(sensor_id, moment):
             topk.offer(point, _push_reading(entry, sensor_id, moment))
 

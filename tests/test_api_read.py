@@ -6,12 +6,15 @@ metadata); every answer is checked against the OpenAPI document.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 
 import orjson
 import pytest
 
 from eventlog.files import device_days, log_path
+from eventlog.history import Window
+from projections import views
 from service.keys import DATABASE, INGESTOR
 from tests.conftest import fixture_bytes
 from tests.test_api_openapi import api_get
@@ -249,3 +252,35 @@ async def test_reference_lists_the_vendor_endpoints(app_client):
     assert body["count"] == len(body["reference"]) == 8
     assert endpoints["/api/device/getSensorHistroy"]["keyFields"][:2] == ["userId", "sensorId"]
     assert "/api/device/getDeviceSensorDatas" in endpoints and "/api/device/switcherController" in endpoints
+
+
+async def test_history_walks_many_blocks_in_order(app_client):
+    """Enough lines for a dozen index blocks, a sparse sensor, and blocks whose max reading time ties."""
+    client = await app_client()
+    for chunk in range(10):
+        bodies = []
+        for n in range(chunk * 64, chunk * 64 + 64):
+            readings = {1: f"v{n}"} | ({2: f"s{n}"} if n % 97 == 0 else {})
+            bodies.append(push_body(f"2026-05-02 {n // 360:02d}:{n // 6 % 60:02d}:{n % 6 * 10:02d}", readings))
+        await asyncio.gather(*(push(client, b) for b in bodies))
+    for _ in range(130):  # the vendor reports a sensor's last reading again and again
+        await sync_device(client, DEVICE, {3: "2026-05-01 00:00:00"})
+    url = f"/api/users/{USER}/devices/{DEVICE}/history"
+    body = await api_get(client, url + "?historyLimit=5")
+    found = {s["sensorId"]: [r["value"] for r in s["history"]] for s in body["sensors"]}
+    assert found[1] == ["v639", "v638", "v637", "v636", "v635"]
+    assert found[2] == ["s582", "s485", "s388", "s291", "s194"]
+    assert found[3] == ["synced"]
+    body = await api_get(client, url + "?historyLimit=1000&startTime=2026-05-02 00:10:00&endTime=2026-05-02 00:20:00")
+    found = {s["sensorId"]: [r["value"] for r in s["history"]] for s in body["sensors"]}
+    assert found[1] == [f"v{n}" for n in range(120, 59, -1)] and found[2] == ["s97"] and found[3] == []
+    # The index pages the same blocks one at a time as all at once, ties on max reading time included.
+    db = client.server.app[DATABASE]
+    everything = await views.blocks_before(db, DEVICE, Window(), None, None, 1000)
+    paged, after = [], None
+    while page := await views.blocks_before(db, DEVICE, Window(), None, after, 1):
+        paged += page
+        after = page[-1]
+    assert paged == everything and len(everything) >= 12
+    maxima = [b.max_recorded_at for b in everything]
+    assert maxima == sorted(maxima, reverse=True) and len(set(maxima)) < len(maxima)
