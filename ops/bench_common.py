@@ -173,10 +173,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def machine_cpu_seconds() -> float:
-    """CPU seconds all cores have been busy since boot (everything but idle and iowait)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+def machine_cpu_seconds(core: str = "") -> float:
+    """CPU seconds all cores (or one core) have been busy since boot (everything but idle and iowait)."""
+    name = f"cpu{core}"
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.split(maxsplit=1)[0] == name:
+            fields = [int(v) for v in line.split()[1:]]
+            return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    return 0.0
 
 
 def machine_busy(seconds: float = 1.0) -> float:
@@ -230,12 +234,23 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def code_version() -> dict[str, Any]:
+    """The commit measured, and whether tracked files differed from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT, capture_output=True, text=True, check=True)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT,
+                                capture_output=True, text=True, check=True)  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"commit": head.stdout.strip(), "modified": status.stdout.split()[1::2]}
+
+
 def save_results(name: str, data: dict[str, Any]) -> Path:
     """Write the figures as JSON under ops/results/ (gitignored); returns the file."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = RESULTS / f"{name}-{stamp}.json"
-    data = {"benchmark": name, "at": stamp, "machine": machine_facts(), **data}
+    data = {"benchmark": name, "at": stamp, "machine": machine_facts(), "code": code_version(), **data}
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return path
 

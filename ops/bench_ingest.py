@@ -2,13 +2,14 @@
 
     .venv/bin/python -m ops.bench_ingest [--duration 10] [--levels 1,8,32,128,512]
         [--database-url URL | --sqlite] [--url URL --pid PID] [--ceiling]
-        [--profile /tmp/profile.txt --profile-level 32]
+        [--profile /tmp/profile.txt --profile-level 32 [--profile-gil]]
 
 Starts `tlink-push serve` pinned to core 0 (`taskset -c 0`) on a fresh MariaDB database
-(created and dropped here) and runs wrk pinned to core 1 at each concurrency for
+(created and dropped here), sends one push per device (a device's first push creates its
+folder and file), then runs wrk pinned to core 1 at each concurrency for
 `--duration` seconds with ops/bench_ingest.lua, which makes every body unique (1,000
 devices with 4 to 8 sensors, body `time` advancing). Prints pushes/s, readings/s, latency
-percentiles, non-2xx answers and the server's RSS per level, and saves them as JSON under
+percentiles, non-2xx answers, the server's RSS and CPU use per level, and saves them as JSON under
 ops/results/. `--ceiling` runs the same load against a trivial aiohttp handler that only
 parses the body, to show what the machine and aiohttp allow.
 """
@@ -67,11 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(prog="python -m ops.bench_ingest", description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per concurrency level (default 10)")
-    parser.add_argument("--levels", default="1,8,32,128,512", help="comma-separated concurrencies")
+    parser.add_argument("--levels", default="1,8,32,128,512", help="concurrencies (default 1,8,32,128,512)")
     parser.add_argument("--devices", type=int, default=1000, help="distinct devices taking turns (default 1000)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: wrk has one core)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the one push per device before the levels")
-    parser.add_argument("--seed", type=int, default=random.randrange(1 << 30), help="random seed of the values")
+    parser.add_argument("--seed", type=int, default=random.randrange(1 << 30), help="seed of the values (default: new)")
     parser.add_argument("--url", help="benchmark this running webhook URL instead of starting a server")
     parser.add_argument("--pid", type=int, help="with --url: the server's pid, for RSS and --profile")
     parser.add_argument("--database-url", help="DATABASE_URL for the started server (used as is, not dropped)")
@@ -200,7 +201,8 @@ def run_wrk(
         str(args.seed + level * 1000),
     ]  # fmt: skip
     db_pid = find_pid(DB_PROCESSES)
-    cpu_before = (cpu_seconds(pid) if pid else 0.0, cpu_seconds(db_pid) if db_pid else 0.0, machine_cpu_seconds())
+    cpu_before = (cpu_seconds(pid) if pid else 0.0, cpu_seconds(db_pid) if db_pid else 0.0, machine_cpu_seconds(),
+                  machine_cpu_seconds(SERVER_CPU))  # fmt: skip
     counters_before = mysql_counters(db_url) if db_url else {}
     wrk = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     started = time.monotonic()
@@ -220,6 +222,7 @@ def run_wrk(
     result["db_cpu_pct"] = 100 * used[1] / seconds if db_pid else None
     result["wrk_cpu_pct"] = 100 * wrk_cpu / seconds
     result["other_cpu_pct"] = max(0.0, 100 * other / seconds)
+    result["server_core_busy_pct"] = 100 * (machine_cpu_seconds(SERVER_CPU) - cpu_before[3]) / seconds
     if counters_before and result["ok"]:
         after = mysql_counters(db_url) if db_url else {}
         result["db_per_push"] = {k: (after[k] - v) / result["ok"] for k, v in counters_before.items()}
@@ -321,11 +324,11 @@ def report(levels: list[dict[str, Any]]) -> str:
         errors = sum(r["socket_errors"].values())
         rss = f"{r['rss_peak_kb'] / 1024:.0f}" if r.get("rss_peak_kb") else "-"
         label = f"{r['concurrency']}{' (profiled)' if r.get('profile') else ''}"
-        cpu = [_pct(r["server_cpu_pct"]), _pct(r["db_cpu_pct"]), _pct(r["wrk_cpu_pct"]), _pct(r["other_cpu_pct"])]
+        cpu = [_pct(r[f"{k}_pct"]) for k in ("server_cpu", "server_core_busy", "db_cpu", "wrk_cpu", "other_cpu")]
         rows.append([label, r["pushes_per_s"], r["readings_per_s"], lat["p50"], lat["p90"], lat["p99"], lat["max"],
                      r["ok"], r["non_2xx"], r["5xx"], errors, rss, *cpu])  # fmt: skip
     headers = ["conc", "pushes/s", "readings/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "2xx", "non-2xx", "5xx",
-               "sock err", "RSS MB", "srv CPU%", "db CPU%", "wrk CPU%", "other CPU%"]  # fmt: skip
+               "sock err", "RSS MB", "srv CPU%", f"core{SERVER_CPU}%", "db CPU%", "wrk CPU%", "other CPU%"]  # fmt: skip
     return table(headers, rows)
 
 

@@ -34,6 +34,8 @@ from ops.bench_common import (
     TLINK_PUSH,
     bench_database,
     count_rows,
+    cpu_seconds,
+    find_pid,
     machine_busy,
     mysql_facts,
     push_body,
@@ -108,8 +110,8 @@ def count_lines(root: Path) -> tuple[int, int]:
 # ---------------------------------------------------------------- commands
 
 
-def run_tlink(args: list[str], env: dict[str, str], workdir: Path, name: str) -> tuple[int, str, float, int]:
-    """Run a tlink-push subcommand; returns (exit status, output, wall seconds, peak RSS kB)."""
+def run_tlink(args: list[str], env: dict[str, str], workdir: Path, name: str) -> tuple[int, str, float, Any]:
+    """Run a tlink-push subcommand; returns (exit status, output, wall seconds, resource usage)."""
     out_path = workdir / f"{name}.out"
     started = time.monotonic()
     with open(out_path, "wb") as out:
@@ -117,7 +119,7 @@ def run_tlink(args: list[str], env: dict[str, str], workdir: Path, name: str) ->
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.monotonic() - started
-    return proc.returncode, out_path.read_text(errors="replace"), seconds, usage.ru_maxrss
+    return proc.returncode, out_path.read_text(errors="replace"), seconds, usage
 
 
 def tlink_env(database_url: str, root: Path) -> dict[str, str]:
@@ -137,14 +139,18 @@ def verify_log(root: Path, workdir: Path) -> dict[str, Any]:
 
 def replay(database_url: str, root: Path, workdir: Path) -> dict[str, Any]:
     """Time `tlink-push replay` into the database."""
-    status, output, seconds, rss_kb = run_tlink(["replay"], tlink_env(database_url, root), workdir, "replay")
+    db_pid = find_pid(("mariadbd", "mysqld"))
+    db_before = cpu_seconds(db_pid) if db_pid else 0.0
+    status, output, seconds, usage = run_tlink(["replay"], tlink_env(database_url, root), workdir, "replay")
+    db_cpu = cpu_seconds(db_pid) - db_before if db_pid else None
     if status != 0:
         raise SystemExit(f"tlink-push replay failed ({status}):\n{output[-3000:]}")
     match = re.search(r"replayed (\d+) events in ([\d.]+) s", output)
     if match is None:
         raise SystemExit(f"unexpected replay output:\n{output[-3000:]}")
     events, inner = int(match.group(1)), float(match.group(2))
-    return {"events": events, "wall_s": seconds, "replay_s": inner, "peak_rss_kb": rss_kb, "output": output.strip()}
+    return {"events": events, "wall_s": seconds, "replay_s": inner, "peak_rss_kb": usage.ru_maxrss,
+            "cpu_s": usage.ru_utime + usage.ru_stime, "db_cpu_s": db_cpu, "output": output.strip()}  # fmt: skip
 
 
 # ---------------------------------------------------------------- main
@@ -184,11 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     events_per_s = result["events"] / result["replay_s"]
-    print(f"\ntlink-push replay into {database['kind']} ({database.get('version', '')})")
+    print(f"\ntlink-push replay into {database.get('version', database['kind'])}")
+    db_cpu = "-" if result["db_cpu_s"] is None else f"{result['db_cpu_s']:.1f}"
     print(table(
-        ["events", "readings", "replay s", "events/s", "readings/s", "wall s (process)", "peak RSS MB"],
+        ["events", "readings", "replay s", "events/s", "readings/s", "wall s (process)", "CPU s", "db CPU s",
+         "peak RSS MB"],
         [[result["events"], rows["sensor_readings"], result["replay_s"], events_per_s,
-          rows["sensor_readings"] / result["replay_s"], result["wall_s"], f"{result['peak_rss_kb'] / 1024:.0f}"]],
+          rows["sensor_readings"] / result["replay_s"], result["wall_s"], result["cpu_s"], db_cpu,
+          f"{result['peak_rss_kb'] / 1024:.0f}"]],
     ))  # fmt: skip
     print(f"rows after replay: {rows}")
     if log_info["lines"] != result["events"] or rows["events"] != result["events"]:
