@@ -127,13 +127,19 @@ def parse_push(body: Any) -> ParsedPush:
     return ParsedPush(device_id=device_id, user_id=user_id, readings=readings)
 
 
+def _sensor_id(value: Any, index: int) -> int:
+    if type(value) is int and 0 < value <= MAX_ID:
+        return value  # the common case, without building the error message's name
+    return parse_id(value, f"sensorsDates[{index}].sensorsId")
+
+
 def _push_reading(entry: Any, index: int, sent: datetime, clocks: dict[Any, datetime]) -> Reading:
     if not isinstance(entry, dict):
         raise InvalidBody(f"sensorsDates[{index}] must be an object")
     if "sensorsId" not in entry:
         raise InvalidBody(f"missing field sensorsDates[{index}].sensorsId")
     return Reading(
-        sensor_id=parse_id(entry["sensorsId"], f"sensorsDates[{index}].sensorsId"),
+        sensor_id=_sensor_id(entry["sensorsId"], index),
         recorded_at=_reading_time(sent, entry.get("times"), index, clocks),
         sensor_timestamp=_text(entry.get("times")),
         value=_text(entry.get("value")),
