@@ -20,7 +20,7 @@ from typing import Any
 from eventlog.db import DatabaseUnavailable
 from eventlog.files import device_days, log_path, read_lines
 from eventlog.store import Appended, LogUnavailable
-from projections.changes import Placed, changes_of, placed_line
+from projections.changes import Changes, Placed, changes_of, placed_line
 from projections.errors import ProjectionError
 from projections.recorder import Position, Recorder
 
@@ -149,12 +149,50 @@ class Projector:
         return len(self._queue)
 
     async def catch_up(self) -> None:
-        """Apply everything in the log (replay and tests); raises on any failure."""
+        """Apply everything in the log (replay, with nothing else writing); raises on any failure.
+
+        Reading and turning batch N+1 into rows (in a thread) overlaps the database
+        writing batch N: either alone would leave the other side idle.
+        """
         await self._load_positions()
-        while self._behind:
-            await self._apply_batch([])
-        if self.failed is not None:
-            raise ProjectionError(str(self.failed)) from self.failed
+        assert self._positions is not None
+        loop = asyncio.get_running_loop()
+        cursor = dict(self._positions)  # how far reading has got; self._positions: how far is committed
+        writing: asyncio.Task[None] | None = None
+        written: list[Placed] = []
+        while True:
+            placed, changes = await loop.run_in_executor(None, self._prepare, cursor)
+            if writing is not None:
+                await writing
+                self._committed(written)
+            if not placed:
+                break
+            writing = asyncio.create_task(self.recorder.record(changes))
+            written = placed
+        self._behind.clear()
+
+    def _prepare(self, cursor: dict[int, Position]) -> tuple[list[Placed], Changes]:
+        """The next batch of lines past `cursor` (advanced) from the devices behind, as rows."""
+        placed: list[Placed] = []
+        for device_id in sorted(self._behind):
+            budget = self.batch_limit - len(placed)
+            if budget <= 0:
+                break
+            lines, complete = self._read_from(device_id, cursor.get(device_id), budget)
+            placed.extend(lines)
+            if lines:
+                last = lines[-1]
+                cursor[device_id] = Position(last.day, last.line_no, last.end, last.hash)
+            if complete:
+                self._behind.discard(device_id)
+        return placed, changes_of(placed)
+
+    def _committed(self, placed: list[Placed]) -> None:
+        self._advance(placed)
+        self.stats.applied_events += len(placed)
+        self.stats.batches += 1
+        if self._on_batch is not None and placed:
+            self._on_batch(len(placed), 0.0)
 
     # ---------------------------------------------------------------- worker
 
@@ -290,9 +328,12 @@ class Projector:
             return -1
 
     def _read_behind(self, device_id: int, budget: int) -> tuple[list[Placed], bool]:
-        """Lines of a device's log after its position, up to its durable end; (lines, reached end)."""
+        """Lines of a device's log after its recorded position, up to its durable end; (lines, reached end)."""
         assert self._positions is not None
-        pos = self._positions.get(device_id)
+        return self._read_from(device_id, self._positions.get(device_id), budget)
+
+    def _read_from(self, device_id: int, pos: Position | None, budget: int) -> tuple[list[Placed], bool]:
+        """Lines of a device's log after `pos`, up to its durable end; (lines, reached end)."""
         end_day, end_size = self._durable_end(device_id)
         result: list[Placed] = []
         for day in device_days(self.root, device_id):
