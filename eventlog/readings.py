@@ -11,7 +11,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from eventlog.events import PUSH, SYNC, Event, EventLogError
 
@@ -24,9 +24,12 @@ class InvalidBody(EventLogError):
     """A push body that cannot be accepted; the message names the problem."""
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One sample of one sensor, identified by (sensor_id, recorded_at)."""
+class Reading(NamedTuple):
+    """One sample of one sensor, identified by (sensor_id, recorded_at).
+
+    A named tuple rather than a frozen dataclass: it is made for every sample of every
+    replayed event, and a tuple is several times cheaper to build.
+    """
 
     sensor_id: int
     recorded_at: datetime  # platform time, no zone
