@@ -145,8 +145,6 @@ def _flag(value: bool | None) -> int | None:
 def read_model_rows(changes: Changes) -> list[tuple[str, list[tuple[Any, ...]]]]:
     """(statement attribute, rows) pairs for the read-model tables, in write order."""
     return [
-        ("users", [(user_uuid(u.tlink_user_id), u.tlink_user_id, u.parent_user_id, u.updated_at)
-                   for u in changes.users.values()]),
         ("device_meta", [(m.device_id, user_uuid(m.tlink_user_id), m.tlink_user_id, m.device_name, m.device_no,
                           m.group_id, m.lat, m.lng, _flag(m.is_line), m.meta_updated_at)
                          for m in changes.device_meta.values()]),
@@ -160,6 +158,9 @@ def read_model_rows(changes: Changes) -> list[tuple[str, list[tuple[Any, ...]]]]
         ("readings", [(r.sensor_id, r.recorded_at, device_id, r.sensor_timestamp, r.value, r.raw_value,
                        _flag(r.is_alarm), _flag(r.is_line), event_id)
                       for device_id, r, event_id in changes.readings.values()]),
+        # Last: every batch of a user's devices touches this one row, so hold its lock briefly.
+        ("users", [(user_uuid(u.tlink_user_id), u.tlink_user_id, u.parent_user_id, u.updated_at)
+                   for u in changes.users.values()]),
     ]  # fmt: skip
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import multiprocessing
 import os
 import sys
 import time
@@ -92,42 +93,117 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 # ---------------------------------------------------------------- replay
 
 
-@command("replay", "drop and rebuild the events table and read models from the log files (service stopped)")
+def _replay_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers", type=int, default=None,
+        help="processes applying the log, each taking a share of the devices"
+        " (default: the number of cores, at most 2, for MySQL; 1 for SQLite)",
+    )  # fmt: skip
+
+
+@command(
+    "replay", "drop and rebuild the events table and read models from the log files (service stopped)",
+    _replay_arguments,
+)  # fmt: skip
 def replay(args: argparse.Namespace, settings: Settings) -> int:
-    return int(with_db(settings, lambda db: _replay(db, settings.SYNC_LOG_DIR)))
+    workers = args.workers
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1) if settings.DATABASE_URL.startswith("mysql") else 1
+    if workers < 1:
+        print("tlink-push replay: --workers must be at least 1", file=sys.stderr)
+        return 2
+    url = settings.DATABASE_URL
+    return int(with_db(settings, lambda db: _replay(db, settings.SYNC_LOG_DIR, url, workers)))
 
 
-async def replay_logs(db: Database, root: Path, progress: Callable[[int], None] | None = None) -> int:
-    """Drop every table, recreate them, and apply the whole log; returns the events applied."""
+Counter = Callable[[int], None]
+
+
+async def replay_logs(
+    db: Database, root: Path, progress: Counter | None = None, url: str | None = None, workers: int = 1
+) -> int:
+    """Drop every table, recreate them, and apply the whole log; returns the events applied.
+
+    `progress(total)` hears the running count of events applied.
+
+    With `workers` > 1 (and the database `url`), that many processes each apply the
+    logs of a share of the devices: a device's events stay in order within one process,
+    and the processes' Python work runs on separate cores.
+    """
     lock = lock_root(root)  # the service must be stopped: replay drops what it writes to
     try:
-        return await _replay_locked(db, root, progress)
+        repair_all(root)
+        await SqlRecorder(db).reset()
+        if workers <= 1 or url is None:
+            total = 0
+
+            def add(events: int) -> None:
+                nonlocal total
+                total += events
+                if progress is not None:
+                    progress(total)
+
+            return await apply_log_share(db, root, 0, 1, add)
+        return await asyncio.get_running_loop().run_in_executor(None, _apply_in_processes, url, root, workers, progress)
     finally:
         os.close(lock)
 
 
-async def _replay_locked(db: Database, root: Path, progress: Callable[[int], None] | None) -> int:
-    repair_all(root)
-    recorder = SqlRecorder(db)
-    await recorder.reset()
+async def apply_log_share(db: Database, root: Path, share: int, shares: int, on_batch: Counter) -> int:
+    """Apply the logs of the devices whose id modulo `shares` is `share`; `on_batch(events)` after each batch."""
     store = LogStore(root)
-    applied = 0
+
+    def devices() -> list[int]:
+        return [d for d in store.devices() if d % shares == share]
 
     def observe(events: int, seconds: float) -> None:
-        nonlocal applied
-        applied += events
-        if progress is not None:
-            progress(applied)
+        on_batch(events)
 
-    projector = Projector(recorder, root, store.durable_end, store.devices, batch_limit=5000, on_batch=observe)
+    projector = Projector(SqlRecorder(db), root, store.durable_end, devices, batch_limit=5000, on_batch=observe)
     await projector.catch_up()
     return projector.stats.applied_events
 
 
-async def _replay(db: Database, root: Path) -> int:
+def _apply_in_processes(url: str, root: Path, workers: int, progress: Counter | None) -> int:
+    context = multiprocessing.get_context("spawn")
+    applied = context.Value("q", 0)
+    processes = [
+        context.Process(target=_apply_share_process, args=(url, str(root), share, workers, applied))
+        for share in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    while any(p.is_alive() for p in processes):
+        time.sleep(0.2)
+        if progress is not None:
+            progress(int(applied.value))
+    if progress is not None:
+        progress(int(applied.value))
+    failed = [p.exitcode for p in processes if p.exitcode != 0]
+    if failed:
+        raise EventLogError(f"a replay worker failed (exit status {failed[0]}); see its error above")
+    return int(applied.value)
+
+
+def _apply_share_process(url: str, root: str, share: int, shares: int, applied: Any) -> None:
+    def count(events: int) -> None:
+        with applied.get_lock():
+            applied.value += events
+
+    async def run() -> None:
+        db = await connect(url)
+        try:
+            await apply_log_share(db, Path(root), share, shares, count)
+        finally:
+            await db.close()
+
+    asyncio.run(run())
+
+
+async def _replay(db: Database, root: Path, url: str, workers: int) -> int:
     progress = Progress("replay: events")
     started = time.monotonic()
-    count = await replay_logs(db, root, progress)
+    count = await replay_logs(db, root, progress, url, workers)
     progress.done()
     elapsed = time.monotonic() - started
     print(f"replayed {count} events in {elapsed:.1f} s ({count / max(elapsed, 1e-9):,.0f} events/s)")

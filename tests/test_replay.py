@@ -95,3 +95,18 @@ async def test_sync_events_replay_with_their_names(app_client, database_url, log
     finally:
         await db.close()
     assert rows == [("Tank 1", "ATG00003000")]
+
+
+async def test_replay_in_two_processes_gives_the_same_database(app_client, database_url, log_root):
+    await fill(app_client)
+    db = await connect(database_url)
+    try:
+        assert await replay_logs(db, log_root) == 41
+        one = await dump(database_url, ALL_TABLES)
+        seen: list[int] = []
+        assert await replay_logs(db, log_root, seen.append, database_url, workers=2) == 41
+        two = await dump(database_url, ALL_TABLES)
+    finally:
+        await db.close()
+    assert two == one
+    assert seen and seen[-1] == 41
