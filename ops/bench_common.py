@@ -253,8 +253,3 @@ def save_results(name: str, data: dict[str, Any]) -> Path:
     data = {"benchmark": name, "at": stamp, "machine": machine_facts(), "code": code_version(), **data}
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return path
-
-
-def elapsed_since(started: float) -> float:
-    """Seconds since a time.monotonic() reading."""
-    return time.monotonic() - started

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,6 @@ class ProjectorStats:
     failures: int = 0
     last_error: str | None = None
     last_applied_at: float | None = None
-    batch_sizes: list[int] = field(default_factory=list)
 
 
 BatchObserver = Callable[[int, float], None]  # (events, seconds)
