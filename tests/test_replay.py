@@ -110,3 +110,31 @@ async def test_replay_in_two_processes_gives_the_same_database(app_client, datab
         await db.close()
     assert two == one
     assert seen and seen[-1] == 41
+
+
+async def test_rebuild_while_pushes_keep_coming_loses_nothing(app_client, database_url, log_root):
+    import asyncio
+
+    client = await app_client()
+    bodies = pushes(120)
+    for body in bodies[:40]:
+        assert (await client.post("/api/webhooks/tlink", data=orjson.dumps(body))).status == 200
+
+    async def keep_pushing() -> None:
+        for body in bodies[40:]:
+            assert (await client.post("/api/webhooks/tlink", data=orjson.dumps(body))).status == 200
+            await asyncio.sleep(0.002)
+
+    db = await connect(database_url)
+    try:
+        pushing = asyncio.create_task(keep_pushing())
+        report = await rebuild(db, log_root)
+        await pushing
+        during = await dump(database_url, READ_MODEL_TABLES)
+        await client.close()
+        await replay_logs(db, log_root)  # what the log alone says
+    finally:
+        await db.close()
+    assert report.first_pass >= 40
+    assert await dump(database_url, READ_MODEL_TABLES) == during
+    assert len(during["sensor_readings"]) == 3 * 120
