@@ -50,8 +50,12 @@ def verify(
     unless it begins at zeros.
     """
     report = Report()
+    by_device: dict[int, list[tuple[str, RecordedFile]]] = {}
+    for (device_id, day), rec in (recorded or {}).items():
+        by_device.setdefault(device_id, []).append((day, rec))
     for device_id in device_ids(root):
-        failure = _verify_device(root, device_id, recorded, report, progress)
+        earlier = None if recorded is None else sorted(by_device.get(device_id, []))
+        failure = _verify_device(root, device_id, recorded, earlier, report, progress)
         if failure is not None:
             report.failure = failure
             return report
@@ -67,6 +71,7 @@ def _verify_device(
     root: Path,
     device_id: int,
     recorded: dict[tuple[int, str], RecordedFile] | None,
+    device_records: list[tuple[str, RecordedFile]] | None,
     report: Report,
     progress: Progress | None,
 ) -> str | None:
@@ -74,7 +79,7 @@ def _verify_device(
     days = device_days(root, device_id)
     for day in days:
         path = log_path(root, device_id, day)
-        allowed = (prev,) if prev is not None else _anchor(recorded, device_id, day)
+        allowed = (prev,) if prev is not None else _anchor(device_records, day)
         if allowed is None:
             _note_mid_chain(path, report)
         rec = (recorded or {}).get((device_id, day))
@@ -99,14 +104,12 @@ def _verify_device(
     return None
 
 
-def _anchor(recorded: dict[tuple[int, str], RecordedFile] | None, device_id: int, day: str) -> tuple[str, ...] | None:
-    """The hashes a device's oldest kept file may chain to; None when nothing is known."""
-    if recorded is None:
-        return None
-    earlier = [(d, r) for (dev, d), r in recorded.items() if dev == device_id and d < day]
+def _anchor(device_records: list[tuple[str, RecordedFile]] | None, day: str) -> tuple[str, ...] | None:
+    """The hashes a device's oldest kept file may chain to (its records sorted by day); None when nothing is known."""
+    earlier = [rec for d, rec in device_records or [] if d < day]
     if not earlier:
         return None
-    newest = max(earlier, key=lambda item: item[0])[1]
+    newest = earlier[-1]
     if newest.pruned:
         # Retention may have emptied the device's folder; a store started after that
         # begins a new chain, since the pruned hash lives only in the database.
