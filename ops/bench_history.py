@@ -40,9 +40,9 @@ from eventlog.events import PUSH, SYNC, ZERO_HASH, Event, encode_line, line_hash
 from eventlog.files import device_days, device_ids, log_path, read_lines
 from ops.bench_common import TLINK_PUSH, bench_database, free_port, save_results, stop_process, table
 from projections.changes import changes_of, placed_line
+from projections.replay import replay_logs
 from projections.schema import apply_schema
 from projections.sql_recorder import Statements, log_rows, read_model_rows
-from service.cli import replay_logs
 
 INTERVAL = timedelta(seconds=10)
 SENSORS = 6

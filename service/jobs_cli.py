@@ -13,12 +13,12 @@ from aiohttp import web
 
 from eventlog.db import Database
 from eventlog.store import LogLocked
+from projections.retention import PruneReport, prune_logs
 from projections.schema import apply_schema
 from service.app import create_app, storage_ctx
 from service.cli import command, with_db
 from service.config import Settings
 from service.keys import DATABASE, INGESTOR
-from service.scheduler import PruneReport, prune_logs
 from service.sync import SyncReport, SyncStats, build_sync
 
 # ---------------------------------------------------------------- prune

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -99,3 +100,20 @@ async def app_client(aiohttp_client: Any, make_settings: MakeSettings) -> AsyncI
         return await aiohttp_client(create_app(make_settings(**overrides)))  # type: ignore[no-any-return]
 
     yield start
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Leave the root, access and scheduler loggers as the test found them (CLI tests set logging up)."""
+    root = logging.getLogger()
+    access = logging.getLogger("aiohttp.access")
+    scheduler = logging.getLogger("apscheduler")
+    saved = (list(root.handlers), root.level, access.level, scheduler.level)
+    yield
+    for handler in root.handlers[:]:
+        if handler not in saved[0]:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(saved[1])
+    access.setLevel(saved[2])
+    scheduler.setLevel(saved[3])

@@ -5,32 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
 
 import pytest
 
 from service.logs import describe_settings, mask_secret, setup_logging
 
+pytestmark = pytest.mark.usefixtures("restore_logging")
+
 TEXT_LINE = re.compile(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (?P<level>[A-Z]+) (?P<rest>.*)$"
 )
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """Leave the root and access loggers as the test found them."""
-    root = logging.getLogger()
-    access = logging.getLogger("aiohttp.access")
-    scheduler = logging.getLogger("apscheduler")
-    saved = (list(root.handlers), root.level, access.level, scheduler.level)
-    yield
-    for handler in root.handlers[:]:
-        if handler not in saved[0]:
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(saved[1])
-    access.setLevel(saved[2])
-    scheduler.setLevel(saved[3])
 
 
 def _lines(capsys: pytest.CaptureFixture[str]) -> list[str]:

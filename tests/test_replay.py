@@ -10,8 +10,8 @@ import orjson
 from eventlog.db import connect
 from eventlog.events import SYNC
 from projections.rebuild import rebuild
+from projections.replay import replay_logs
 from projections.schema import ALL_TABLES, READ_MODEL_TABLES
-from service.cli import replay_logs
 from service.keys import INGESTOR
 from tests.conftest import fixture_bytes
 

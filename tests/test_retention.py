@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -26,7 +25,9 @@ from eventlog.retention import (
 )
 from eventlog.store import LogStore
 from eventlog.verify import verify
-from service.cli import main, recorded_files, replay_logs
+from projections.replay import recorded_files, replay_logs
+from projections.retention import prune_logs
+from service.cli import main
 from service.keys import DATABASE
 from service.scheduler import (
     RETENTION_FIRST_RUN_SECONDS,
@@ -34,7 +35,6 @@ from service.scheduler import (
     RETENTION_JOB_ID,
     RETENTION_STATS,
     SCHEDULER,
-    prune_logs,
 )
 
 TODAY = date(2026, 1, 10)
@@ -306,15 +306,6 @@ async def test_the_retention_job_is_scheduled_and_applies_the_rule(app_client, d
     assert (stats.runs, stats.files_deleted, stats.folders_removed, stats.files_kept) == (1, 2, 1, 0)
     assert device_ids(log_root) == [7] and device_days(log_root, 7) == [days_ago(1)]
     assert verify(log_root, await recorded_files(app[DATABASE])).ok
-
-
-@pytest.fixture
-def restore_logging():
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture

@@ -496,15 +496,6 @@ async def test_sync_once_refuses_while_the_service_runs(app_client, fake, databa
     assert device_ids(log_root) == []
 
 
-@pytest.fixture
-def restore_logging():
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
 def test_sync_needs_once_and_configuration(monkeypatch, tmp_path, capsys, restore_logging):
     monkeypatch.chdir(tmp_path)
     for name in [n for n in os.environ if n.startswith("TLINK_")]:

@@ -1,0 +1,110 @@
+"""Replay: rebuild the events table and every read model from the log files alone."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from eventlog.db import Database, connect
+from eventlog.events import EventLogError
+from eventlog.recovery import repair_all
+from eventlog.store import LogStore, lock_root
+from eventlog.verify import RecordedFile
+from projections.projector import Projector
+from projections.schema import apply_schema
+from projections.sql_recorder import SqlRecorder
+
+Counter = Callable[[int], None]
+
+
+async def replay_logs(
+    db: Database, root: Path, progress: Counter | None = None, url: str | None = None, workers: int = 1
+) -> int:
+    """Drop every table, recreate them, and apply the whole log; returns the events applied.
+
+    `progress(total)` hears the running count of events applied.
+
+    With `workers` > 1 (and the database `url`), that many processes each apply the
+    logs of a share of the devices: a device's events stay in order within one process,
+    and the processes' Python work runs on separate cores.
+    """
+    lock = lock_root(root)  # the service must be stopped: replay drops what it writes to
+    try:
+        repair_all(root)
+        await SqlRecorder(db).reset()
+        if workers <= 1 or url is None:
+            total = 0
+
+            def add(events: int) -> None:
+                nonlocal total
+                total += events
+                if progress is not None:
+                    progress(total)
+
+            return await apply_log_share(db, root, 0, 1, add)
+        return await asyncio.get_running_loop().run_in_executor(None, _apply_in_processes, url, root, workers, progress)
+    finally:
+        os.close(lock)
+
+
+async def apply_log_share(db: Database, root: Path, share: int, shares: int, on_batch: Counter) -> int:
+    """Apply the logs of the devices whose id modulo `shares` is `share`; `on_batch(events)` after each batch."""
+    store = LogStore(root)
+
+    def devices() -> list[int]:
+        return [d for d in store.devices() if d % shares == share]
+
+    def observe(events: int, seconds: float) -> None:
+        on_batch(events)
+
+    projector = Projector(SqlRecorder(db), root, store.durable_end, devices, batch_limit=5000, on_batch=observe)
+    await projector.catch_up()
+    return projector.stats.applied_events
+
+
+def _apply_in_processes(url: str, root: Path, workers: int, progress: Counter | None) -> int:
+    context = multiprocessing.get_context("spawn")
+    applied = context.Value("q", 0)
+    processes = [
+        context.Process(target=_apply_share_process, args=(url, str(root), share, workers, applied))
+        for share in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    while any(p.is_alive() for p in processes):
+        time.sleep(0.2)
+        if progress is not None:
+            progress(int(applied.value))
+    if progress is not None:
+        progress(int(applied.value))
+    failed = [p.exitcode for p in processes if p.exitcode != 0]
+    if failed:
+        raise EventLogError(f"a replay worker failed (exit status {failed[0]}); see its error above")
+    return int(applied.value)
+
+
+def _apply_share_process(url: str, root: str, share: int, shares: int, applied: Any) -> None:
+    def count(events: int) -> None:
+        with applied.get_lock():
+            applied.value += events
+
+    async def run() -> None:
+        db = await connect(url)
+        try:
+            await apply_log_share(db, Path(root), share, shares, count)
+        finally:
+            await db.close()
+
+    asyncio.run(run())
+
+
+async def recorded_files(db: Database) -> dict[tuple[int, str], RecordedFile]:
+    """Each file's applied line count and last-line hash as the database has them."""
+    await apply_schema(db)
+    rows = await db.fetchall("SELECT device_id, log_day, line_count, last_hash, pruned FROM log_files")
+    return {(int(r[0]), str(r[1])): RecordedFile(int(r[2]), str(r[3]), bool(r[4])) for r in rows}
