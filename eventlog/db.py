@@ -239,6 +239,12 @@ def _translate_mysql(exc: BaseException) -> DatabaseError:
 SERVER_STATUS_NO_BACKSLASH_ESCAPES = 512
 
 
+def _require_backslash_escapes(conn: Any) -> None:
+    """Inlined literals escape with backslashes, which a server in NO_BACKSLASH_ESCAPES mode reads literally."""
+    if conn.server_status & SERVER_STATUS_NO_BACKSLASH_ESCAPES:
+        raise DatabaseError("the server runs with NO_BACKSLASH_ESCAPES, which this service does not support")
+
+
 def _is_driver_error(exc: BaseException) -> bool:
     import pymysql
 
@@ -332,8 +338,7 @@ class _MysqlCursor(Cursor):
     async def executemany(self, sql: str, rows: Sequence[Params]) -> None:
         if not rows:
             return
-        if self._cursor.connection.server_status & SERVER_STATUS_NO_BACKSLASH_ESCAPES:
-            raise DatabaseError("the server runs with NO_BACKSLASH_ESCAPES, which this service does not support")
+        _require_backslash_escapes(self._cursor.connection)
         for statement in mysql_multirow(sql, rows):
             await self._cursor.execute(statement)
 
@@ -441,8 +446,7 @@ class MysqlDatabase(Database):
         if before_commit is None:
             statements.append("COMMIT")
         async with self._connection() as conn:
-            if conn.server_status & SERVER_STATUS_NO_BACKSLASH_ESCAPES:
-                raise DatabaseError("the server runs with NO_BACKSLASH_ESCAPES, which this service does not support")
+            _require_backslash_escapes(conn)
             async with conn.cursor() as cursor:
                 await cursor.execute(";\n".join(statements))
                 while await cursor.nextset():

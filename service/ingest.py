@@ -109,9 +109,7 @@ class Ingestor:
 
     async def sync_device(self, user_id: int, device: dict[str, Any]) -> Appended:
         """Store one device object pulled from TLINK and project it."""
-        appended = await self._append(SYNC, int(device["id"]), user_id, device)
-        await self.projector.project(appended)
-        return appended
+        return await self.record(SYNC, int(device["id"]), user_id, device)
 
     async def record(self, type_: str, device_id: int, user_id: int, body: dict[str, Any]) -> Appended:
         """Store an event of another type (for example a failed sync) and project it."""
