@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from eventlog.db import Database
 from projections.changes import Changes, event_row_body, push_digest, user_uuid
+from projections.mysql_text import mysql_literals
 from projections.recorder import Position, Recorder
 from projections.schema import apply_schema, drop_all
 
@@ -142,41 +143,61 @@ def _flag(value: bool | None) -> int | None:
     return None if value is None else int(value)
 
 
-def read_model_rows(changes: Changes) -> list[tuple[str, list[tuple[Any, ...]]]]:
-    """(statement attribute, rows) pairs for the read-model tables, in write order."""
-    return [
-        ("device_meta", [(m.device_id, user_uuid(m.tlink_user_id), m.tlink_user_id, m.device_name, m.device_no,
-                          m.group_id, m.lat, m.lng, _flag(m.is_line), m.meta_updated_at)
-                         for m in changes.device_meta.values()]),
-        ("device_push", [(p.device_id, user_uuid(p.tlink_user_id), p.tlink_user_id, p.parent_user_id,
-                          p.last_flag, p.last_push_time, p.last_event_at) for p in changes.device_pushes.values()]),
-        ("sensor_meta", [(s.sensor_id, s.device_id, s.sensor_name, s.sensor_type_id, s.unit, s.ordernum,
-                          s.meta_updated_at) for s in changes.sensor_meta.values()]),
-        ("sensor_latest", [(s.sensor_id, s.device_id, s.sensor_type_id, s.unit, s.reading.value, s.reading.raw_value,
-                            s.reading.sensor_timestamp, _flag(s.reading.is_alarm), _flag(s.reading.is_line),
-                            s.reading.recorded_at) for s in changes.sensor_latest.values()]),
-        ("readings", [(r.sensor_id, r.recorded_at, device_id, r.sensor_timestamp, r.value, r.raw_value,
-                       _flag(r.is_alarm), _flag(r.is_line), event_id)
-                      for device_id, r, event_id in changes.readings.values()]),
-        # Last: every batch of a user's devices touches this one row, so hold its lock briefly.
-        ("users", [(user_uuid(u.tlink_user_id), u.tlink_user_id, u.parent_user_id, u.updated_at)
-                   for u in changes.users.values()]),
-    ]  # fmt: skip
+Rows = list[tuple[Any, ...]]
 
-
-def log_rows(changes: Changes) -> list[tuple[str, list[tuple[Any, ...]]]]:
-    """(statement attribute, rows) pairs for the events table and the log's side tables."""
-    events = [
+# Each table's rows of a batch, by the name of its statement in `Statements`.
+ROW_BUILDERS: dict[str, Callable[[Changes], Rows]] = {
+    "events": lambda changes: [
         (p.event.id, p.event.type, p.event.device_id, p.event.user_id, p.event.received_at, p.day, p.line_no,
          p.offset, push_digest(p.event), p.hash, event_row_body(p.event))
         for p in changes.events
-    ]  # fmt: skip
-    blocks = [
+    ],
+    "blocks": lambda changes: [
         (b.device_id, b.day, b.block_no, b.start_offset, b.end_offset, b.first_line, b.min_recorded_at,
          b.max_recorded_at) for b in changes.blocks.values()
-    ]  # fmt: skip
-    files = [(f.device_id, f.day, f.line_count, f.byte_count, f.last_hash) for f in changes.files.values()]
-    return [("events", events), ("blocks", blocks), ("files", files)]
+    ],
+    "files": lambda changes: [
+        (f.device_id, f.day, f.line_count, f.byte_count, f.last_hash) for f in changes.files.values()
+    ],
+    "device_meta": lambda changes: [
+        (m.device_id, user_uuid(m.tlink_user_id), m.tlink_user_id, m.device_name, m.device_no,
+         m.group_id, m.lat, m.lng, _flag(m.is_line), m.meta_updated_at) for m in changes.device_meta.values()
+    ],
+    "device_push": lambda changes: [
+        (p.device_id, user_uuid(p.tlink_user_id), p.tlink_user_id, p.parent_user_id,
+         p.last_flag, p.last_push_time, p.last_event_at) for p in changes.device_pushes.values()
+    ],
+    "sensor_meta": lambda changes: [
+        (s.sensor_id, s.device_id, s.sensor_name, s.sensor_type_id, s.unit, s.ordernum,
+         s.meta_updated_at) for s in changes.sensor_meta.values()
+    ],
+    "sensor_latest": lambda changes: [
+        (s.sensor_id, s.device_id, s.sensor_type_id, s.unit, s.reading.value, s.reading.raw_value,
+         s.reading.sensor_timestamp, _flag(s.reading.is_alarm), _flag(s.reading.is_line),
+         s.reading.recorded_at) for s in changes.sensor_latest.values()
+    ],
+    "readings": lambda changes: [
+        (r.sensor_id, r.recorded_at, device_id, r.sensor_timestamp, r.value, r.raw_value,
+         _flag(r.is_alarm), _flag(r.is_line), event_id) for device_id, r, event_id in changes.readings.values()
+    ],
+    "users": lambda changes: [
+        (user_uuid(u.tlink_user_id), u.tlink_user_id, u.parent_user_id, u.updated_at)
+        for u in changes.users.values()
+    ],
+}  # fmt: skip
+LOG_TABLES = ("events", "blocks", "files")
+# Users last: every batch of a user's devices touches that one row, so its lock is held briefly.
+READ_MODEL_TABLES = ("device_meta", "device_push", "sensor_meta", "sensor_latest", "readings", "users")
+
+
+def read_model_rows(changes: Changes) -> list[tuple[str, Rows]]:
+    """(statement attribute, rows) pairs for the read-model tables, in write order."""
+    return [(name, ROW_BUILDERS[name](changes)) for name in READ_MODEL_TABLES]
+
+
+def log_rows(changes: Changes) -> list[tuple[str, Rows]]:
+    """(statement attribute, rows) pairs for the events table and the log's side tables."""
+    return [(name, ROW_BUILDERS[name](changes)) for name in LOG_TABLES]
 
 
 class SqlRecorder(Recorder):
@@ -188,8 +209,13 @@ class SqlRecorder(Recorder):
         self._auto_schema = auto_schema
 
     async def record(self, changes: Changes, before_commit: Awaitable[object] | None = None) -> None:
-        writes = log_rows(changes) + read_model_rows(changes)
-        statements = [(getattr(self.statements, name), rows) for name, rows in writes]
+        written: dict[str, Sequence[Any]] = {}
+        if self.db.kind == "mysql":
+            written.update(mysql_literals(changes))
+        statements = [
+            (getattr(self.statements, name), written[name] if name in written else ROW_BUILDERS[name](changes))
+            for name in (*LOG_TABLES, *READ_MODEL_TABLES)
+        ]
         await self.db.write_batch(statements, before_commit)
 
     async def positions(self) -> dict[int, Position]:
