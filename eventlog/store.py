@@ -123,7 +123,8 @@ class LogStore:
         self._max_open = max_open_files
         self._queue: list[_Pending] = []
         self._wakeup = asyncio.Event()
-        self._pool = ThreadPoolExecutor(flush_threads, thread_name_prefix="fsync")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fsync")
+        self._helpers = ThreadPoolExecutor(max(1, flush_threads - 1), thread_name_prefix="fsync-helper")
         self._sync_threads = flush_threads
         self._task: asyncio.Task[None] | None = None
         self._last_instant: datetime | None = None
@@ -150,6 +151,7 @@ class LogStore:
             os.close(fd)
         self._fds.clear()
         self._pool.shutdown(wait=True)
+        self._helpers.shutdown(wait=True)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -251,15 +253,25 @@ class LogStore:
                 raise OSError("short write")
             fds.append(fd)
         dirs.update(p.parent for p in batch.new_files)
-        loop = asyncio.get_running_loop()
-        # Files synced in parallel cost a fraction of one after another, but every hop to a
-        # thread costs CPU too: a few threads each take a share of the files.
+        # Files synced in parallel cost a fraction of one after another, but every hop
+        # between the event loop and a thread costs the loop CPU: one thread takes the
+        # whole flush and hands shares of it to helper threads.
         shares = [fds[i :: self._sync_threads] for i in range(min(self._sync_threads, len(fds)))]
-        await asyncio.gather(*(loop.run_in_executor(self._pool, _sync_all, share) for share in shares))
-        if dirs:
-            await asyncio.gather(*(loop.run_in_executor(self._pool, fsync_dir, d) for d in dirs))
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._sync_shares, shares, sorted(dirs))
         if batch.new_files or len(self._fds) > self._max_open:
             self._close_stale(set(batch.buffers))
+
+    def _sync_shares(self, shares: list[list[int]], dirs: list[Path]) -> None:
+        """In a pool thread: fdatasync every share of the files in parallel, then the new files' folders."""
+        helpers = [self._helpers.submit(_sync_all, share) for share in shares[1:]]
+        try:
+            if shares:
+                _sync_all(shares[0])
+        finally:
+            for helper in helpers:
+                helper.result()  # waits for every share even when one failed; raises the first error
+        for folder in dirs:
+            fsync_dir(folder)
 
     def _roll_back(self, batch: _Batch) -> None:
         """Cut anything of the failed batch off the files and restore the chain heads."""
