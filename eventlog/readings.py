@@ -46,6 +46,7 @@ class ParsedPush:
 
     device_id: int
     user_id: int
+    sent: datetime  # the body's `time`: when the device uploaded, platform time
     readings: list[Reading]
 
 
@@ -127,7 +128,7 @@ def parse_push(body: Any) -> ParsedPush:
     sent = parse_platform_time(body.get("time"), "time")
     clocks: dict[Any, datetime] = {}  # the samples of one upload mostly share one `times`
     readings = [_push_reading(entry, i, sent, clocks) for i, entry in enumerate(entries)]
-    return ParsedPush(device_id=device_id, user_id=user_id, readings=readings)
+    return ParsedPush(device_id=device_id, user_id=user_id, sent=sent, readings=readings)
 
 
 def _sensor_id(value: Any, index: int) -> int:

@@ -153,7 +153,12 @@ def merge_user(old: UserRow | None, new: UserRow) -> UserRow:
 
 
 def merge_device_push(old: DevicePushRow | None, new: DevicePushRow) -> DevicePushRow:
-    return new if old is None or new.last_event_at >= old.last_event_at else old
+    """The last push received wins, except `last_push_time`: the newest upload time ever pushed."""
+    if old is None:
+        return new
+    winner = new if new.last_event_at >= old.last_event_at else old
+    newest = _greatest(old.last_push_time, new.last_push_time)
+    return winner if winner.last_push_time == newest else replace(winner, last_push_time=newest)
 
 
 def merge_device_meta(old: DeviceMetaRow | None, new: DeviceMetaRow) -> DeviceMetaRow:

@@ -142,6 +142,10 @@ class Projector:
         """Devices whose log is ahead of the recorder."""
         return len(self._behind) if self._positions is not None else len(self._devices())
 
+    def caught_up(self, device_id: int) -> bool:
+        """Does the recorder hold everything of this device's log that is not in a batch in hand?"""
+        return self.available and self._positions is not None and device_id not in self._behind
+
     @property
     def queued(self) -> int:
         """Appended events waiting for the next batch."""

@@ -72,6 +72,10 @@ class Recorder(ABC):
         """Which (device id, body digest) pairs are already recorded, with their event ids."""
 
     @abstractmethod
+    async def push_times(self, device_ids: Iterable[int]) -> dict[int, datetime]:
+        """The newest upload time (`time` of a push) recorded for each of these devices that has one."""
+
+    @abstractmethod
     async def reset(self) -> None:
         """Empty the events table, the read models and the positions (for replay)."""
 
@@ -125,6 +129,11 @@ class MemoryRecorder(Recorder):
         self._check()
         stored = {(device_id, digest): event_id for event_id, (device_id, digest, _, _) in self.events.items()}
         return {key: stored[key] for key in keys if key in stored}
+
+    async def push_times(self, device_ids: Iterable[int]) -> dict[int, datetime]:
+        self._check()
+        rows = (self.device_pushes.get(device_id) for device_id in device_ids)
+        return {row.device_id: row.last_push_time for row in rows if row is not None and row.last_push_time}
 
     async def reset(self) -> None:
         self._check()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from eventlog.db import Database
@@ -11,6 +12,7 @@ from projections.changes import Changes, event_row_body, push_digest, user_uuid
 from projections.mysql_text import mysql_literals
 from projections.recorder import Position, Recorder
 from projections.schema import apply_schema, drop_all
+from projections.views import platform_time
 
 _NEW = re.compile(r"\bnew\.(\w+)")
 _OLD = re.compile(r"\bold\.(\w+)")
@@ -107,9 +109,11 @@ class Statements:
             **when(newer("updated_at"), ["updated_at"]),
         }
         self.users = upsert(kind, t("users"), USER_COLUMNS, ["tlink_user_id"], user_sets)
-        self.device_push = upsert(
-            kind, t("devices"), PUSH_COLUMNS, ["device_id"], when(newer("last_event_at"), PUSH_COLUMNS[1:])
-        )
+        push_sets = {
+            "last_push_time": least("last_push_time", ">"),
+            **when(newer("last_event_at"), [c for c in PUSH_COLUMNS[1:] if c != "last_push_time"]),
+        }
+        self.device_push = upsert(kind, t("devices"), PUSH_COLUMNS, ["device_id"], push_sets)
         self.device_meta = upsert(
             kind, t("devices"), META_COLUMNS, ["device_id"], when(newer("meta_updated_at"), META_COLUMNS[1:])
         )
@@ -241,6 +245,17 @@ class SqlRecorder(Recorder):
         )
         found = {(int(r[0]), str(r[1])): str(r[2]) for r in rows}
         return {key: event_id for key, event_id in found.items() if key in wanted}
+
+    async def push_times(self, device_ids: Iterable[int]) -> dict[int, datetime]:
+        wanted = sorted(set(device_ids))
+        if not wanted:
+            return {}
+        rows = await self.db.fetchall(
+            f"SELECT device_id, last_push_time FROM devices WHERE device_id IN ({', '.join(['%s'] * len(wanted))})"
+            " AND last_push_time IS NOT NULL",
+            wanted,
+        )
+        return {int(r[0]): when for r in rows if (when := platform_time(r[1])) is not None}
 
     async def reset(self) -> None:
         """Drop and recreate every table, keeping the records of pruned files.

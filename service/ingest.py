@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from eventlog.db import DatabaseError
@@ -31,44 +33,78 @@ class PushResult:
 
 
 class KnownPushes:
-    """Which push bodies are already stored: a bounded memory, then one batched query."""
+    """Which push bodies are already stored.
 
-    def __init__(self, recorder: Recorder, capacity: int = 100_000) -> None:
+    Identical bodies have identical `time`s, so a push newer than every push stored for
+    its device cannot be a redelivery: that is the common case, answered from memory
+    (the newest `time` per device, read once from the database, then kept up to date).
+    Otherwise a bounded memory of recent pushes, then one batched query.
+    """
+
+    def __init__(self, recorder: Recorder, caught_up: Callable[[int], bool], capacity: int = 100_000) -> None:
         self._recorder = recorder
+        self._caught_up = caught_up
         self._recent: OrderedDict[PushKey, str] = OrderedDict()
         self._capacity = capacity
-        self._pending: dict[PushKey, asyncio.Future[str | None]] = {}
+        self._newest: dict[int, datetime] = {}  # device -> newest `time` stored (what we know of)
+        self._bounded: set[int] = set()  # devices whose newest stored `time` is known
+        self._pending: dict[PushKey, tuple[datetime, asyncio.Future[str | None]]] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def remember(self, key: PushKey, event_id: str) -> None:
+    def remember(self, key: PushKey, event_id: str, sent: datetime) -> None:
         """Record a stored push."""
         self._recent[key] = event_id
         if len(self._recent) > self._capacity:
             self._recent.popitem(last=False)
+        newest = self._newest.get(key[0])
+        if newest is None or sent > newest:
+            self._newest[key[0]] = sent
 
-    async def lookup(self, key: PushKey) -> str | None:
+    def _newer_than_stored(self, device_id: int, sent: datetime) -> bool:
+        if device_id not in self._bounded:
+            return False
+        newest = self._newest.get(device_id)
+        return newest is None or sent > newest
+
+    async def lookup(self, key: PushKey, sent: datetime) -> str | None:
         """The stored event id of an identical push, or None (also when the database is down)."""
         if key in self._recent:
             return self._recent[key]
-        future = self._pending.get(key)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._pending[key] = future
+        if self._newer_than_stored(key[0], sent):
+            return None
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = (sent, asyncio.get_running_loop().create_future())
+            self._pending[key] = pending
             if self._task is None or self._task.done():
                 self._task = asyncio.create_task(self._drain())
-        return await asyncio.shield(future)
+        return await asyncio.shield(pending[1])
 
     async def _drain(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, {}
             try:
-                found = await self._recorder.known_pushes(batch.keys())
+                await self._learn_bounds({device_id for device_id, _ in batch})
+                asked = [key for key, (sent, _) in batch.items() if not self._newer_than_stored(key[0], sent)]
+                found = await self._recorder.known_pushes(asked) if asked else {}
             except DatabaseError as exc:
                 log.debug("duplicate check skipped: %s", exc)
                 found = {}
-            for key, future in batch.items():
+            for key, (_, future) in batch.items():
                 if not future.done():
                     future.set_result(found.get(key))
+
+    async def _learn_bounds(self, device_ids: set[int]) -> None:
+        """Read the newest stored `time` of devices whose database rows are complete."""
+        wanted = {d for d in device_ids if d not in self._bounded and self._caught_up(d)}
+        if not wanted:
+            return
+        stored = await self._recorder.push_times(wanted)
+        for device_id in wanted:
+            newest, known = stored.get(device_id), self._newest.get(device_id)
+            if newest is not None and (known is None or newest > known):
+                self._newest[device_id] = newest
+            self._bounded.add(device_id)
 
 
 class Ingestor:
@@ -77,7 +113,7 @@ class Ingestor:
     def __init__(self, store: LogStore, projector: Projector, recorder: Recorder) -> None:
         self.store = store
         self.projector = projector
-        self.known = KnownPushes(recorder)
+        self.known = KnownPushes(recorder, projector.caught_up)
         self._inflight: dict[PushKey, asyncio.Future[str | None]] = {}
 
     async def push(self, body: dict[str, Any]) -> PushResult:
@@ -91,14 +127,14 @@ class Ingestor:
         future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future  # no await since the check above: one writer per body
         try:
-            stored = await self.known.lookup(key)
+            stored = await self.known.lookup(key, parsed.sent)
             if stored is not None:
                 future.set_result(stored)
                 return PushResult(stored, 0, True, True)
             event = self.store.new_event(PUSH, parsed.device_id, parsed.user_id, body)
             remember_readings(event.id, parsed.readings)
             appended = await self.store.append(event)
-            self.known.remember(key, appended.event.id)
+            self.known.remember(key, appended.event.id, parsed.sent)
             future.set_result(appended.event.id)
         finally:
             if not future.done():

@@ -146,3 +146,18 @@ async def test_known_pushes_finds_stored_bodies_by_device(recorder):
     first = events[0].event
     known = await recorder.known_pushes([(3000, body_digest(first.body)), (7, body_digest(first.body))])
     assert known == {(3000, body_digest(first.body)): first.id}
+
+
+@pytest.mark.parametrize("batch_size", [1, 7])
+async def test_push_times_are_the_newest_upload_whatever_arrives_last(recorder, batch_size):
+    log = Log()
+    events = scenario()
+    for placed in events:  # continue the scenario's chains
+        log.heads[placed.event.device_id] = (placed.day, placed.end, placed.line_no, placed.hash)
+        log.at = placed.event.received_at
+    events.append(log.place(PUSH, 7, push(7, {71: "late"}, "2026-11-27 10:30:00", flag="05")))
+    for i in range(0, len(events), batch_size):
+        await recorder.record(changes_of(events[i : i + batch_size]))
+    times = await recorder.push_times([3000, 7, 99])
+    assert times == {3000: datetime(2026, 11, 27, 9, 15), 7: datetime(2026, 11, 27, 11)}
+    assert (await snapshot(recorder))["flags"][7] == "05"  # the flag is the last push received

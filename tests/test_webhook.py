@@ -183,3 +183,33 @@ async def test_unknown_route_and_method_are_json(app_client):
     client = await app_client()
     resp = await client.get("/api/webhooks/tlink")
     assert resp.status == 405 and "error" in await resp.json()
+
+
+async def test_after_a_restart_only_newer_uploads_skip_the_duplicate_check(app_client, database_url):
+    client = await app_client()
+    first, second = upload("2019-05-10 15:00:00", "1"), upload("2019-05-10 16:00:00", "2")
+    for body in (first, second):
+        assert (await post(client, body))[1]["duplicate"] is False
+    await client.close()
+    client = await app_client()  # a new process: nothing in memory
+    for body in (first, second):  # older than or as new as the newest stored upload: found in the database
+        status, answer = await post(client, body)
+        assert status == 200 and answer["duplicate"] is True
+    late = upload("2019-05-10 14:00:00", "late")  # older, but never seen: stored
+    newer = upload("2019-05-10 17:00:00", "3")
+    for body in (late, newer, late, newer):
+        status, answer = await post(client, body)
+        assert status == 200
+    assert [(await post(client, b))[1]["duplicate"] for b in (late, newer)] == [True, True]
+
+
+async def test_last_push_time_is_the_newest_upload_and_last_flag_the_last_received(app_client):
+    client = await app_client()
+    newer = orjson.loads(upload("2019-05-10 16:00:00", "new"))
+    older = orjson.loads(upload("2019-05-10 15:00:00", "old"))
+    older["flag"] = "01"
+    for body in (newer, older):  # the older upload arrives last
+        assert (await post(client, orjson.dumps(body)))[0] == 200
+    resp = await client.get("/api/users/385/devices/2864/latest")
+    device = (await resp.json())["device"]
+    assert device["lastPushTime"] == "2019-05-10T16:00:00" and device["lastFlag"] == "01"
