@@ -270,7 +270,13 @@ class Projector:
                 if complete:
                     caught_up.append(device_id)
             started = asyncio.get_running_loop().time()
-            before_commit = asyncio.gather(*durables) if durables else None
+            # Flushes already done need no waiting: with none pending, the statements and
+            # the COMMIT go to the database in one round trip.
+            pending = [d for d in durables or () if not d.done()]
+            failed = [d.exception() for d in durables or () if d.done() and d.exception() is not None]
+            if failed and failed[0] is not None:
+                raise failed[0]
+            before_commit = asyncio.gather(*pending) if pending else None
             if before_commit is not None:
                 before_commit.add_done_callback(_observe)
             if placed:
