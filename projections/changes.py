@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -82,8 +82,9 @@ class DeviceMetaRow:
     meta_updated_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class SensorLatestRow:
+class SensorLatestRow(NamedTuple):
+    """A sensor's latest reading; a named tuple, as one is made for every reading."""
+
     sensor_id: int
     device_id: int
     sensor_type_id: int | None
@@ -174,7 +175,7 @@ def merge_sensor_latest(old: SensorLatestRow | None, new: SensorLatestRow) -> Se
     winner = new if new.reading.recorded_at > old.reading.recorded_at else old
     if winner.sensor_type_id == type_id and winner.unit == unit:
         return winner  # the common case: no copy
-    return replace(winner, sensor_type_id=type_id, unit=unit)
+    return winner._replace(sensor_type_id=type_id, unit=unit)
 
 
 def merge_sensor_meta(old: SensorMetaRow | None, new: SensorMetaRow) -> SensorMetaRow:
@@ -258,14 +259,7 @@ def add_event(changes: Changes, placed: Placed) -> None:
 def _add_reading(changes: Changes, event: Event, reading: Reading, type_id: int | None, unit: Any) -> None:
     key = (reading.sensor_id, reading.recorded_at)
     changes.readings.setdefault(key, (event.device_id, reading, event.id))
-    row = SensorLatestRow(
-        sensor_id=reading.sensor_id,
-        device_id=event.device_id,
-        sensor_type_id=type_id,
-        unit=_short(unit, 64),
-        reading=reading,
-        event_id=event.id,
-    )
+    row = SensorLatestRow(reading.sensor_id, event.device_id, type_id, _short(unit, 64), reading, event.id)
     _put(changes.sensor_latest, reading.sensor_id, row, merge_sensor_latest)
 
 
