@@ -46,7 +46,7 @@ def test_the_two_forms_of_a_transaction() -> None:
 
 async def test_a_batch_commits_only_after_its_lines_are_durable(db: MysqlDatabase) -> None:
     durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    rows = [(1, "it's"), (2, None), (3, "back\\slash")]
+    rows = [(1, "it's; END;"), (2, None), (3, "back\\slash")]
     writing = asyncio.create_task(
         db.write_batch([(INSERT, rows[:2]), (INSERT, Literals(["(3,'back\\\\slash')"]))], durable)
     )
