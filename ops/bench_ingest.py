@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -83,6 +84,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile-level", type=int, default=32, help="concurrency of the profiled run (default 32)")
     parser.add_argument("--profile-gil", action="store_true", help="sample only the thread holding the GIL (CPU)")
     parser.add_argument("--keep", action="store_true", help="keep the server's temporary directory (logs, SQLite)")
+    parser.add_argument(
+        "--history", type=int, default=0, metavar="PAIRS",
+        help="run each level PAIRS times alone and with one history request always in flight, alternating",
+    )  # fmt: skip
     parser.add_argument("--serve-ceiling", type=int, metavar="PORT", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -186,13 +191,74 @@ def warm_up(url: str, devices: int, seed: int, concurrency: int = 32) -> dict[st
             "statuses": dict(statuses)}  # fmt: skip
 
 
+# ---------------------------------------------------------------- history reads beside the load
+
+
+class HistoryReader:
+    """Keeps one `/history` request in flight (a client that asks again as soon as it has its
+    answer), for random devices of the benchmark, from a thread on the load generator's core."""
+
+    def __init__(self, webhook_url: str, devices: int, seed: int) -> None:
+        self._base = webhook_url.split("/api/", 1)[0]
+        self._devices = devices
+        self._rng = random.Random(seed)
+        self._stop = threading.Event()
+        self._latencies: list[float] = []
+        self._statuses: Counter[int] = Counter()
+        self._thread = threading.Thread(target=self._loop, name="history-reader", daemon=True)
+        self._started = 0.0
+
+    def start(self) -> None:
+        self._started = time.monotonic()
+        self._thread.start()
+
+    def stop(self) -> dict[str, Any]:
+        """Stop asking; the requests made, their rate, statuses and latency percentiles."""
+        self._stop.set()
+        self._thread.join()
+        seconds = time.monotonic() - self._started
+        ordered = sorted(self._latencies)
+
+        def pct(q: float) -> float:
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
+
+        return {"requests": len(ordered), "per_s": len(ordered) / seconds if seconds else 0.0,
+                "p50_ms": pct(0.5), "p99_ms": pct(0.99), "statuses": dict(self._statuses)}  # fmt: skip
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            index = self._rng.randrange(self._devices)
+            user, device = 300 + index % 50, FIRST_DEVICE + index  # as ops/bench_ingest.lua sends them
+            url = f"{self._base}/api/users/{user}/devices/{device}/history"
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(url, timeout=30) as answer:
+                    answer.read()
+                    status = answer.status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            except OSError:
+                status = 0  # no answer at all
+            self._latencies.append(time.monotonic() - started)
+            self._statuses[status] += 1
+
+
 # ---------------------------------------------------------------- one level
 
 
 def run_wrk(
-    url: str, concurrency: int, args: argparse.Namespace, level: int, pid: int | None, db_url: str | None
+    url: str,
+    concurrency: int,
+    args: argparse.Namespace,
+    level: int,
+    pid: int | None,
+    db_url: str | None,
+    history: HistoryReader | None = None,
 ) -> dict[str, Any]:
-    """One wrk run at a concurrency on core 1; wrk's figures, the server's peak RSS, CPU and database work."""
+    """One wrk run at a concurrency on core 1; wrk's figures, the server's peak RSS, CPU and database work.
+
+    `level` numbers the run: each run sends bodies of its own times, so no push repeats.
+    """
     threads = max(1, min(args.threads, concurrency))
     command = [
         "taskset", "-c", LOAD_CPU, "wrk", f"-t{threads}", f"-c{concurrency}", f"-d{args.duration}s",
@@ -204,6 +270,8 @@ def run_wrk(
     cpu_before = (cpu_seconds(pid) if pid else 0.0, cpu_seconds(db_pid) if db_pid else 0.0, machine_cpu_seconds(),
                   machine_cpu_seconds(SERVER_CPU))  # fmt: skip
     counters_before = mysql_counters(db_url) if db_url else {}
+    if history is not None:
+        history.start()
     wrk = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     started = time.monotonic()
     peak_rss, wrk_cpu = 0, 0.0
@@ -214,6 +282,7 @@ def run_wrk(
         time.sleep(0.25)
     out, err = wrk.communicate()
     seconds = time.monotonic() - started
+    history_figures = history.stop() if history is not None else None
     used = [cpu_seconds(pid) - cpu_before[0] if pid else 0.0, cpu_seconds(db_pid) - cpu_before[1] if db_pid else 0.0]
     other = machine_cpu_seconds() - cpu_before[2] - sum(used) - wrk_cpu
     result = parse_wrk(out.decode(errors="replace"), err.decode(errors="replace"))
@@ -227,6 +296,8 @@ def run_wrk(
         after = mysql_counters(db_url) if db_url else {}
         result["db_per_push"] = {k: (after[k] - v) / result["ok"] for k, v in counters_before.items()}
     result["rss_peak_kb"] = peak_rss or None
+    if history_figures is not None:
+        result["history"] = history_figures
     return result
 
 
@@ -323,13 +394,32 @@ def report(levels: list[dict[str, Any]]) -> str:
         lat = r["latency_ms"]
         errors = sum(r["socket_errors"].values())
         rss = f"{r['rss_peak_kb'] / 1024:.0f}" if r.get("rss_peak_kb") else "-"
-        label = f"{r['concurrency']}{' (profiled)' if r.get('profile') else ''}"
+        marks = (" (profiled)" if r.get("profile") else "") + (" +history" if r.get("history") else "")
+        label = f"{r['concurrency']}{marks}"
         cpu = [_pct(r[f"{k}_pct"]) for k in ("server_cpu", "server_core_busy", "db_cpu", "wrk_cpu", "other_cpu")]
         rows.append([label, r["pushes_per_s"], r["readings_per_s"], lat["p50"], lat["p90"], lat["p99"], lat["max"],
                      r["ok"], r["non_2xx"], r["5xx"], errors, rss, *cpu])  # fmt: skip
     headers = ["conc", "pushes/s", "readings/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "2xx", "non-2xx", "5xx",
                "sock err", "RSS MB", "srv CPU%", f"core{SERVER_CPU}%", "db CPU%", "wrk CPU%", "other CPU%"]  # fmt: skip
     return table(headers, rows)
+
+
+def history_report(levels: list[dict[str, Any]]) -> str:
+    """Per concurrency: pushes/s alone and with a history request always in flight, and the reads' figures."""
+    rows = []
+    for concurrency in dict.fromkeys(r["concurrency"] for r in levels if "history" in r):
+        alone = [r["pushes_per_s"] for r in levels if r["concurrency"] == concurrency and "history" not in r]
+        beside = [r for r in levels if r["concurrency"] == concurrency and "history" in r]
+        without, with_reads = sum(alone) / len(alone), sum(r["pushes_per_s"] for r in beside) / len(beside)
+        reads = [r["history"] for r in beside]
+        statuses: Counter[int] = Counter()
+        for h in reads:
+            statuses.update(h["statuses"])
+        rows.append([concurrency, without, with_reads, f"{100 * (with_reads / without - 1):+.1f} %",
+                     sum(h["per_s"] for h in reads) / len(reads), max(h["p50_ms"] for h in reads),
+                     max(h["p99_ms"] for h in reads), dict(statuses)])  # fmt: skip
+    return table(["conc", "pushes/s alone", "pushes/s with reads", "change", "history req/s", "history p50 ms",
+                  "history p99 ms", "history statuses"], rows)  # fmt: skip
 
 
 def _pct(value: float | None) -> str:
@@ -349,12 +439,16 @@ def benchmark(args: argparse.Namespace, workdir: Path, database_url: str | None)
         if warm is not None:
             print(f"  warm-up: first push of {warm['pushes']} devices at concurrency {warm['concurrency']}:"
                   f" {warm['pushes_per_s']:,.0f} pushes/s, statuses {warm['statuses']}", flush=True)  # fmt: skip
-        levels = []
-        for n, concurrency in enumerate(int(c) for c in args.levels.split(",")):
-            result = run_wrk(url, concurrency, args, n, pid, database_url)
-            levels.append(result)
-            print(f"  concurrency {concurrency}: {result['pushes_per_s']:,.0f} pushes/s,"
-                  f" p99 {result['latency_ms']['p99']:.1f} ms, non-2xx {result['non_2xx']}", flush=True)  # fmt: skip
+        levels: list[dict[str, Any]] = []
+        for concurrency in (int(c) for c in args.levels.split(",")):
+            for beside_history in [False, True] * args.history if args.history else [False]:
+                history = HistoryReader(url, args.devices, args.seed + len(levels)) if beside_history else None
+                result = run_wrk(url, concurrency, args, len(levels), pid, database_url, history)
+                levels.append(result)
+                beside = f", history {result['history']['per_s']:.0f} req/s" if history else ""
+                print(f"  concurrency {concurrency}: {result['pushes_per_s']:,.0f} pushes/s,"
+                      f" p99 {result['latency_ms']['p99']:.1f} ms, non-2xx {result['non_2xx']}{beside}",
+                      flush=True)  # fmt: skip
         if args.profile is not None and pid is not None:
             levels.append(run_profiled(url, args, len(levels), pid))
         memory = proc_memory(pid) if pid is not None else {}
@@ -406,6 +500,9 @@ def print_results(args: argparse.Namespace, results: dict[str, Any], server_log:
     what = "ceiling (orjson.loads + 200)" if args.ceiling else "tlink-push serve"
     print(f"\n{what}, {args.duration} s per level, server on core {SERVER_CPU}, wrk on core {LOAD_CPU}")
     print(report(results["levels"]))
+    if args.history:
+        print("ingest beside one /history request always in flight (means of the alternating runs):")
+        print(history_report(results["levels"]))
     memory = results["server_memory_kb"]
     if memory:
         print(f"server memory at the end: VmRSS {memory.get('VmRSS', 0) / 1024:.0f} MB,"
