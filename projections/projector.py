@@ -46,10 +46,7 @@ class ProjectorStats:
     """What the projector has done, for metrics and readiness."""
 
     applied_events: int = 0
-    batches: int = 0
-    behind_devices: int = 0
     failures: int = 0
-    last_error: str | None = None
     last_applied_at: float | None = None
 
 
@@ -167,7 +164,7 @@ class Projector:
             placed, changes = await loop.run_in_executor(None, self._prepare, cursor)
             if writing is not None:
                 await writing
-                self._committed(written)
+                self._after_commit(written, 0.0)
             if not placed:
                 break
             writing = asyncio.create_task(self.recorder.record(changes))
@@ -176,26 +173,35 @@ class Projector:
 
     def _prepare(self, cursor: dict[int, Position]) -> tuple[list[Placed], Changes]:
         """The next batch of lines past `cursor` (advanced) from the devices behind, as rows."""
+        placed, complete = self._read_behind(sorted(self._behind), cursor, self.batch_limit)
+        self._behind.difference_update(complete)
+        return placed, changes_of(placed)
+
+    def _read_behind(
+        self, devices: list[int], cursor: dict[int, Position], budget: int
+    ) -> tuple[list[Placed], list[int]]:
+        """Up to `budget` lines past `cursor` (advanced) from these devices, in their order;
+        (lines, devices read up to their durable end)."""
         placed: list[Placed] = []
-        for device_id in sorted(self._behind):
-            budget = self.batch_limit - len(placed)
-            if budget <= 0:
+        complete: list[int] = []
+        for device_id in devices:
+            if len(placed) >= budget:
                 break
-            lines, complete = self._read_from(device_id, cursor.get(device_id), budget)
+            lines, reached_end = self._read_from(device_id, cursor.get(device_id), budget - len(placed))
             placed.extend(lines)
             if lines:
                 last = lines[-1]
                 cursor[device_id] = Position(last.day, last.line_no, last.end, last.hash)
-            if complete:
-                self._behind.discard(device_id)
-        return placed, changes_of(placed)
+            if reached_end:
+                complete.append(device_id)
+        return placed, complete
 
-    def _committed(self, placed: list[Placed]) -> None:
+    def _after_commit(self, placed: list[Placed], seconds: float) -> None:
         self._advance(placed)
         self.stats.applied_events += len(placed)
-        self.stats.batches += 1
+        self.stats.last_applied_at = asyncio.get_running_loop().time()
         if self._on_batch is not None and placed:
-            self._on_batch(len(placed), 0.0)
+            self._on_batch(len(placed), seconds)
 
     # ---------------------------------------------------------------- worker
 
@@ -253,29 +259,25 @@ class Projector:
                 behind.add(device_id)
         return behind
 
-    async def _apply_batch(self, items: list[_Item], durables: list[asyncio.Future[None]] | None = None) -> None:
+    async def _apply_batch(self, items: list[_Item], durables: list[asyncio.Future[None]]) -> None:
         assert self._positions is not None
         try:
             placed = self._hot_events(items)
-            budget = self.batch_limit - len(placed)
             caught_up: list[int] = []
-            for device_id in sorted(self._behind):
-                if budget <= 0:
-                    break
-                lines, complete = await asyncio.get_running_loop().run_in_executor(
-                    None, self._read_behind, device_id, budget
+            if self._behind and len(placed) < self.batch_limit:  # read from the committed positions
+                devices = sorted(self._behind)
+                cursor = {d: pos for d in devices if (pos := self._positions.get(d)) is not None}
+                lines, caught_up = await asyncio.get_running_loop().run_in_executor(
+                    None, self._read_behind, devices, cursor, self.batch_limit - len(placed)
                 )
                 placed.extend(lines)
-                budget -= len(lines)
-                if complete:
-                    caught_up.append(device_id)
             started = asyncio.get_running_loop().time()
             # Flushes already done need no waiting: with none pending, the statements and
             # the COMMIT go to the database in one round trip.
-            pending = [d for d in durables or () if not d.done()]
-            failed = [d.exception() for d in durables or () if d.done() and d.exception() is not None]
-            if failed and failed[0] is not None:
-                raise failed[0]
+            for durable in durables:
+                if durable.done() and (error := durable.exception()) is not None:
+                    raise error
+            pending = [d for d in durables if not d.done()]
             before_commit = asyncio.gather(*pending) if pending else None
             if before_commit is not None:
                 before_commit.add_done_callback(_observe)
@@ -288,15 +290,9 @@ class Projector:
                 self._behind.add(item.appended.event.device_id)
             self._release(items)
             raise
-        self._advance(placed)
+        self._after_commit(placed, asyncio.get_running_loop().time() - started)
         self._behind.difference_update(caught_up)
         self.available = True
-        self.stats.applied_events += len(placed)
-        self.stats.batches += 1
-        self.stats.behind_devices = len(self._behind)
-        self.stats.last_applied_at = asyncio.get_running_loop().time()
-        if self._on_batch is not None and placed:
-            self._on_batch(len(placed), asyncio.get_running_loop().time() - started)
         for item in items:
             a = item.appended
             pos = self._positions.get(a.event.device_id)
@@ -335,11 +331,6 @@ class Projector:
             return log_path(self.root, device_id, day).stat().st_size
         except OSError:
             return -1
-
-    def _read_behind(self, device_id: int, budget: int) -> tuple[list[Placed], bool]:
-        """Lines of a device's log after its recorded position, up to its durable end; (lines, reached end)."""
-        assert self._positions is not None
-        return self._read_from(device_id, self._positions.get(device_id), budget)
 
     def _read_from(self, device_id: int, pos: Position | None, budget: int) -> tuple[list[Placed], bool]:
         """Lines of a device's log after `pos`, up to its durable end; (lines, reached end)."""
@@ -383,12 +374,10 @@ class Projector:
         if self.available:
             log.warning("database unavailable; events stay in the log until it returns: %s", exc)
         self.available = False
-        self.stats.last_error = str(exc)
 
     def _fail(self, exc: BaseException) -> None:
         self.failed = exc
         self.stats.failures += 1
-        self.stats.last_error = str(exc)
         log.error("projector stopped: %s", exc, exc_info=exc)
         self._release(self._queue)
         self._queue = []
