@@ -90,7 +90,6 @@ class SensorLatestRow(NamedTuple):
     sensor_type_id: int | None
     unit: str | None
     reading: Reading
-    event_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +136,6 @@ class Changes:
     sensor_meta: dict[int, SensorMetaRow] = field(default_factory=dict)
     readings: dict[tuple[int, datetime], tuple[int, Reading, str]] = field(default_factory=dict)
     blocks: dict[tuple[int, str, int], BlockRow] = field(default_factory=dict)
-    block_spans: dict[tuple[int, str, int], list[Any]] = field(default_factory=dict)
     files: dict[tuple[int, str], FileRow] = field(default_factory=dict)
 
 
@@ -217,15 +215,16 @@ def _put(target: dict[Any, Any], key: Any, row: Any, merge: Any) -> None:
 def changes_of(batch: list[Placed]) -> Changes:
     """All rows a batch of placed events writes."""
     changes = Changes()
+    spans: dict[tuple[int, str, int], list[Any]] = {}  # a block's range, widened in place: no row copy per line
     for placed in batch:
-        add_event(changes, placed)
-    for (device_id, day, block_no), (start, end, first, low, high) in changes.block_spans.items():
+        _add_event(changes, spans, placed)
+    for (device_id, day, block_no), (start, end, first, low, high) in spans.items():
         changes.blocks[(device_id, day, block_no)] = BlockRow(device_id, day, block_no, start, end, first, low, high)
     return changes
 
 
-def add_event(changes: Changes, placed: Placed) -> None:
-    """Fold one event into the batch's changes."""
+def _add_event(changes: Changes, spans: dict[tuple[int, str, int], list[Any]], placed: Placed) -> None:
+    """Fold one event into the batch's changes; its block's span is widened in `spans`."""
     event = placed.event
     changes.events.append(placed)
     readings = readings_of(event)
@@ -246,9 +245,9 @@ def add_event(changes: Changes, placed: Placed) -> None:
     times = [r.recorded_at for r in readings]
     low, high = min(times, default=None), max(times, default=None)
     key = (event.device_id, placed.day, block_no)
-    span = changes.block_spans.get(key)
+    span = spans.get(key)
     if span is None:
-        changes.block_spans[key] = [placed.offset, placed.end, placed.line_no, low, high]
+        spans[key] = [placed.offset, placed.end, placed.line_no, low, high]
     else:  # widen it in place: no row copy per line
         span[0], span[1], span[2] = min(span[0], placed.offset), max(span[1], placed.end), min(span[2], placed.line_no)
         span[3], span[4] = _least(span[3], low), _greatest(span[4], high)
@@ -259,7 +258,7 @@ def add_event(changes: Changes, placed: Placed) -> None:
 def _add_reading(changes: Changes, event: Event, reading: Reading, type_id: int | None, unit: Any) -> None:
     key = (reading.sensor_id, reading.recorded_at)
     changes.readings.setdefault(key, (event.device_id, reading, event.id))
-    row = SensorLatestRow(reading.sensor_id, event.device_id, type_id, _short(unit, 64), reading, event.id)
+    row = SensorLatestRow(reading.sensor_id, event.device_id, type_id, _short(unit, 64), reading)
     _put(changes.sensor_latest, reading.sensor_id, row, merge_sensor_latest)
 
 

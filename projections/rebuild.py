@@ -51,9 +51,8 @@ def _read_new_lines(root: Path, ends: Ends, limit: int) -> list[Placed]:
 
 
 async def _project(db: Database, statements: Statements, placed: list[Placed]) -> None:
-    async with db.transaction() as cur:
-        for name, rows in read_model_rows(changes_of(placed)):
-            await cur.executemany(getattr(statements, name), rows)
+    rows = read_model_rows(changes_of(placed))
+    await db.write_batch([(getattr(statements, name), table_rows) for name, table_rows in rows])
 
 
 async def _drain(db: Database, statements: Statements, root: Path, ends: Ends, progress: Progress | None) -> int:
@@ -107,8 +106,9 @@ async def rebuild(db: Database, root: Path, progress: Progress | None = None) ->
         for statement in renamed_statements(db.kind, READ_MODEL_TABLES, NEW):
             await cur.execute(statement)
     ends: Ends = {}
-    report.first_pass = await _drain(db, Statements(db.kind, NEW), root, ends, progress)
-    report.catch_up = await _drain(db, Statements(db.kind, NEW), root, ends, progress)
+    renamed = Statements(db.kind, NEW)
+    report.first_pass = await _drain(db, renamed, root, ends, progress)
+    report.catch_up = await _drain(db, renamed, root, ends, progress)
     await _switch(db)
     report.after_switch = await _drain(db, Statements(db.kind), root, ends, progress)
     await _drop(db, OLD)
