@@ -42,10 +42,10 @@ def log_path(root: Path, device_id: int, day: str) -> Path:
 
 
 def device_ids(root: Path) -> list[int]:
-    """Devices that have a folder under the root, ascending."""
+    """Devices that have a folder under the root, ascending (a folder named "0" is not a device)."""
     if not root.is_dir():
         return []
-    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir())
+    return sorted(d for p in root.iterdir() if p.name.isdigit() and p.is_dir() and (d := int(p.name)) > 0)
 
 
 def device_days(root: Path, device_id: int) -> list[str]:
@@ -76,8 +76,8 @@ def read_lines(path: Path, start: int = 0, line_no: int = 1, day: str = "") -> I
                 line_no += 1
 
 
-def last_line(path: Path) -> bytes | None:
-    """The last complete line of a file (without newline), or None if it has none."""
+def last_line_and_size(path: Path) -> tuple[bytes | None, int]:
+    """The file's last complete line (without newline; None if it has none) and its size in bytes."""
     with open(path, "rb") as handle:
         end = handle.seek(0, os.SEEK_END)
         tail, pos = b"", end
@@ -88,9 +88,9 @@ def last_line(path: Path) -> bytes | None:
             tail = handle.read(step) + tail
             stop = tail.rfind(b"\n")
             if stop >= 0 and (start := tail.rfind(b"\n", 0, stop)) >= 0:
-                return tail[start + 1 : stop]
+                return tail[start + 1 : stop], end
         stop = tail.rfind(b"\n")
-        return tail[:stop] if stop >= 0 else None
+        return (tail[:stop] if stop >= 0 else None), end
 
 
 def fsync_dir(path: Path) -> None:

@@ -55,8 +55,6 @@ def expired_files(root: Path, cutoff: str) -> list[ExpiredFile]:
     """Device log files and sync-failures files of days before `cutoff`, oldest first per device."""
     result = []
     for device_id in device_ids(root):
-        if device_id <= 0:  # a folder named "0" is not a device
-            continue
         for day in device_days(root, device_id):
             if day < cutoff and _is_date(day):
                 result.append(ExpiredFile(log_path(root, device_id, day), day, device_id))
@@ -71,12 +69,12 @@ def expired_files(root: Path, cutoff: str) -> list[ExpiredFile]:
 
 def summarize(path: Path, check_line: int | None = None) -> FileSummary:
     """Count a file's complete lines and hash its last one (and line `check_line`)."""
-    count, end, last, at = 0, 0, None, None
+    count, end, last_raw, at = 0, 0, None, None
     for line in read_lines(path):
-        count, end, last = line.line_no, line.end, line_hash(line.raw)
+        count, end, last_raw = line.line_no, line.end, line.raw
         if line.line_no == check_line:
-            at = last
-    return FileSummary(count, end, last, at)
+            at = line_hash(line.raw)
+    return FileSummary(count, end, None if last_raw is None else line_hash(last_raw), at)
 
 
 def delete_files(paths: list[Path]) -> list[Path]:

@@ -29,7 +29,7 @@ from eventlog.events import (
     new_event_id,
     utc_now,
 )
-from eventlog.files import device_days, device_dir, device_ids, fsync_dir, last_line, log_path
+from eventlog.files import device_days, device_dir, device_ids, fsync_dir, last_line_and_size, log_path
 from eventlog.recovery import Repair, repair_all
 
 
@@ -336,7 +336,7 @@ def _sync_all(fds: list[int]) -> None:
 def _read_head(root: Path, device_id: int) -> _Head:
     for day in reversed(device_days(root, device_id)):
         path = log_path(root, device_id, day)
-        raw = last_line(path)
+        raw, size = last_line_and_size(path)
         if raw is not None:  # an empty file chains from the file before it
-            return _Head(day, path.stat().st_size, line_hash(raw))
+            return _Head(day, size, line_hash(raw))
     return _Head(None, 0, ZERO_HASH)

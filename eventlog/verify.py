@@ -53,15 +53,16 @@ def verify(
     by_device: dict[int, list[tuple[str, RecordedFile]]] = {}
     for (device_id, day), rec in (recorded or {}).items():
         by_device.setdefault(device_id, []).append((day, rec))
+    listed: set[tuple[int, str]] = set()  # (device, day) of every file the walk found
     for device_id in device_ids(root):
         earlier = None if recorded is None else sorted(by_device.get(device_id, []))
-        failure = _verify_device(root, device_id, recorded, earlier, report, progress)
+        failure = _verify_device(root, device_id, recorded, earlier, report, progress, listed)
         if failure is not None:
             report.failure = failure
             return report
     for (device_id, day), rec in sorted((recorded or {}).items()):
         path = log_path(root, device_id, day)
-        if not rec.pruned and not path.exists():
+        if not rec.pruned and (device_id, day) not in listed:
             report.failure = f"{path}: missing, but the database recorded {rec.line_count} lines"
             return report
     return report
@@ -74,20 +75,20 @@ def _verify_device(
     device_records: list[tuple[str, RecordedFile]] | None,
     report: Report,
     progress: Progress | None,
+    listed: set[tuple[int, str]],
 ) -> str | None:
     prev = None  # None: the oldest kept file may chain to a pruned one
     days = device_days(root, device_id)
+    listed.update((device_id, day) for day in days)
     for day in days:
         path = log_path(root, device_id, day)
         allowed = (prev,) if prev is not None else _anchor(device_records, day)
-        if allowed is None:
-            _note_mid_chain(path, report)
         rec = (recorded or {}).get((device_id, day))
         count, last, at_recorded = 0, ZERO_HASH, None
-        for line_no, raw, problem in _check_lines(path, device_id, day, allowed):
+        for line_no, digest, problem in _check_lines(path, device_id, day, allowed, report.notes):
             if problem is not None:
                 return f"{path}:{line_no}: {problem}"
-            count, last = line_no, line_hash(raw)
+            count, last = line_no, digest
             if rec is not None and line_no == rec.line_count:
                 at_recorded = last
             report.lines += 1
@@ -117,25 +118,14 @@ def _anchor(device_records: list[tuple[str, RecordedFile]] | None, day: str) -> 
     return (newest.last_hash,)
 
 
-def _note_mid_chain(path: Path, report: Report) -> None:
-    with open(path, "rb") as handle:
-        first = handle.readline()
-    if not first.endswith(b"\n"):
-        return
-    try:
-        _, prev = decode_line(first[:-1])
-    except BadLine:
-        return  # _check_lines reports it
-    if prev != ZERO_HASH:
-        report.notes.append(
-            f"{path}: begins mid-chain; the files before it are gone and not recorded as pruned"
-            " (pruned before the database was rebuilt, or removed)"
-        )
-
-
 def _check_lines(
-    path: Path, device_id: int, day: str, allowed: Collection[str] | None
-) -> Iterator[tuple[int, bytes, str | None]]:
+    path: Path, device_id: int, day: str, allowed: Collection[str] | None, notes: list[str]
+) -> Iterator[tuple[int, str, str | None]]:
+    """Each line's number, hash and problem (digest "" with a problem, which ends the walk).
+
+    `allowed` None: nothing is known before the file; a first line not starting at
+    zeros is noted in `notes`.
+    """
     size = path.stat().st_size
     end, line_no = 0, 0
     for line in read_lines(path, day=day):
@@ -143,18 +133,24 @@ def _check_lines(
         try:
             event, line_prev = decode_line(line.raw)
         except BadLine as exc:
-            yield line.line_no, line.raw, str(exc)
+            yield line.line_no, "", str(exc)
             return
+        if allowed is None and line_prev != ZERO_HASH:
+            notes.append(
+                f"{path}: begins mid-chain; the files before it are gone and not recorded as pruned"
+                " (pruned before the database was rebuilt, or removed)"
+            )
         if allowed is not None and line_prev not in allowed:
-            yield line.line_no, line.raw, "hash chain broken: prev does not match the line before (changed or removed)"
+            yield line.line_no, "", "hash chain broken: prev does not match the line before (changed or removed)"
             return
         if event.device_id != device_id:
-            yield line.line_no, line.raw, f"line belongs to device {event.device_id}"
+            yield line.line_no, "", f"line belongs to device {event.device_id}"
             return
-        allowed = (line_hash(line.raw),)
-        yield line.line_no, line.raw, None
+        digest = line_hash(line.raw)
+        allowed = (digest,)
+        yield line.line_no, digest, None
     if end != size:
-        yield line_no + 1, b"", f"unterminated last line ({size - end} bytes without a newline)"
+        yield line_no + 1, "", f"unterminated last line ({size - end} bytes without a newline)"
 
 
 def _check_recorded(path: Path, rec: RecordedFile | None, count: int, at_recorded: str | None) -> str | None:
