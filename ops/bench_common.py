@@ -12,21 +12,25 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pymysql
 
 from eventlog.db import DatabaseUrl, parse_database_url
+from eventlog.events import ZERO_HASH, Event, encode_line, line_hash
+from eventlog.files import log_path
 
 PROJECT = Path(__file__).resolve().parent.parent
 RESULTS = PROJECT / "ops" / "results"
 BIN = Path(sys.executable).parent
 TLINK_PUSH = BIN / "tlink-push"
 DEFAULT_MYSQL_SERVER = "mysql://root@127.0.0.1:3306/mysql"
+DB_PROCESSES = ("mariadbd", "mysqld")  # command names of the database server, to show its CPU use
+PLATFORM_OFFSET = timedelta(hours=8)  # TLINK stamps bodies in China time
 
 
 def push_body(device_id: int, user_id: int, sent: datetime, sensors: int, rng: random.Random) -> dict[str, Any]:
@@ -43,6 +47,26 @@ def push_body(device_id: int, user_id: int, sent: datetime, sensors: int, rng: r
             "rawData": raw_data, "deviceId": device_id}  # fmt: skip
 
 
+def write_device_log(root: Path, events: Iterable[Event]) -> int:
+    """Hash-chained daily files of one device's events (in order of receipt), line by line; returns the lines."""
+    prev, count, day, out = ZERO_HASH, 0, None, None
+    try:
+        for event in events:
+            if event.day != day:
+                if out is not None:
+                    out.close()
+                path = log_path(root, event.device_id, event.day)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                out, day = open(path, "wb", buffering=1 << 20), event.day
+            line = encode_line(event, prev)
+            out.write(line + b"\n")  # type: ignore[union-attr]
+            prev, count = line_hash(line), count + 1
+    finally:
+        if out is not None:
+            out.close()
+    return count
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket() as sock:
@@ -54,6 +78,17 @@ def _mysql_connect(url: DatabaseUrl, database: str | None = None) -> Any:
     return pymysql.connect(
         host=url.host, port=url.port, user=url.user, password=url.password, database=database, autocommit=True
     )
+
+
+@contextmanager
+def _mysql_cursor(url: DatabaseUrl, database: str | None = None) -> Iterator[Any]:
+    """A cursor on a fresh autocommit connection, closed afterwards."""
+    conn = _mysql_connect(url, database)
+    try:
+        with conn.cursor() as cur:
+            yield cur
+    finally:
+        conn.close()
 
 
 def _mysql_url(url: DatabaseUrl, database: str) -> str:
@@ -87,16 +122,12 @@ def count_rows(database_url: str, tables: Sequence[str]) -> dict[str, int]:
         assert url.path is not None
         with sqlite3.connect(url.path) as conn:
             return {t: int(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]) for t in tables}
-    conn = _mysql_connect(url, url.database)
-    try:
-        counts = {}
-        with conn.cursor() as cur:
-            for table in tables:
-                cur.execute(f"SELECT COUNT(*) FROM {table}")
-                counts[table] = int(cur.fetchone()[0])
-        return counts
-    finally:
-        conn.close()
+    counts = {}
+    with _mysql_cursor(url, url.database) as cur:
+        for table in tables:
+            cur.execute(f"SELECT COUNT(*) FROM {table}")
+            counts[table] = int(cur.fetchone()[0])
+    return counts
 
 
 def mysql_facts(database_url: str) -> dict[str, str]:
@@ -104,19 +135,15 @@ def mysql_facts(database_url: str) -> dict[str, str]:
     url = parse_database_url(database_url)
     if url.kind != "mysql":
         return {}
-    conn = _mysql_connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT VERSION()")
-            facts = {"version": str(cur.fetchone()[0])}
-            cur.execute(
-                "SHOW VARIABLES WHERE Variable_name IN ('innodb_flush_log_at_trx_commit', 'sync_binlog',"
-                " 'log_bin', 'innodb_buffer_pool_size', 'innodb_flush_method')"
-            )
-            facts.update({str(k): str(v) for k, v in cur.fetchall()})
-        return facts
-    finally:
-        conn.close()
+    with _mysql_cursor(url) as cur:
+        cur.execute("SELECT VERSION()")
+        facts = {"version": str(cur.fetchone()[0])}
+        cur.execute(
+            "SHOW VARIABLES WHERE Variable_name IN ('innodb_flush_log_at_trx_commit', 'sync_binlog',"
+            " 'log_bin', 'innodb_buffer_pool_size', 'innodb_flush_method')"
+        )
+        facts.update({str(k): str(v) for k, v in cur.fetchall()})
+    return facts
 
 
 MYSQL_COUNTERS = ("Questions", "Com_select", "Com_insert", "Com_commit", "Innodb_os_log_fsyncs", "Innodb_data_fsyncs")
@@ -127,14 +154,10 @@ def mysql_counters(database_url: str) -> dict[str, int]:
     url = parse_database_url(database_url)
     if url.kind != "mysql":
         return {}
-    conn = _mysql_connect(url)
-    try:
-        with conn.cursor() as cur:
-            names = ", ".join(f"'{n}'" for n in MYSQL_COUNTERS)
-            cur.execute(f"SHOW GLOBAL STATUS WHERE Variable_name IN ({names})")
-            return {str(k): int(v) for k, v in cur.fetchall()}
-    finally:
-        conn.close()
+    names = ", ".join(f"'{n}'" for n in MYSQL_COUNTERS)
+    with _mysql_cursor(url) as cur:
+        cur.execute(f"SHOW GLOBAL STATUS WHERE Variable_name IN ({names})")
+        return {str(k): int(v) for k, v in cur.fetchall()}
 
 
 def machine_facts() -> dict[str, Any]:

@@ -36,9 +36,18 @@ from typing import Any
 import aiohttp
 
 from eventlog.db import Database, connect
-from eventlog.events import PUSH, SYNC, ZERO_HASH, Event, encode_line, line_hash, new_event_id
+from eventlog.events import PUSH, SYNC, Event, new_event_id
 from eventlog.files import device_days, device_ids, log_path, read_lines
-from ops.bench_common import TLINK_PUSH, bench_database, free_port, save_results, stop_process, table
+from ops.bench_common import (
+    PLATFORM_OFFSET,
+    TLINK_PUSH,
+    bench_database,
+    free_port,
+    save_results,
+    stop_process,
+    table,
+    write_device_log,
+)
 from projections.changes import changes_of, placed_line
 from projections.replay import replay_logs
 from projections.schema import apply_schema
@@ -46,7 +55,6 @@ from projections.sql_recorder import Statements, log_rows, read_model_rows
 
 INTERVAL = timedelta(seconds=10)
 SENSORS = 6
-PLATFORM_OFFSET = timedelta(hours=8)  # TLINK stamps bodies in China time
 HISTORY_USER, FLEET_USER = 9001, 9002
 FLEET_DEVICES = 25
 FLEET_BASE = 700_000
@@ -118,31 +126,11 @@ def events_of(device_id: int, user_id: int, end: datetime, days: int) -> Iterato
         yield Event(new_event_id(int(received.timestamp() * 1000)), PUSH, received, device_id, user_id, body)
 
 
-def write_device(root: Path, events: Iterator[Event]) -> int:
-    """Hash-chained daily files of one device, written line by line; returns the lines."""
-    prev, count, day, out = ZERO_HASH, 0, None, None
-    try:
-        for event in events:
-            if event.day != day:
-                if out is not None:
-                    out.close()
-                path = log_path(root, event.device_id, event.day)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                out, day = open(path, "wb", buffering=1 << 20), event.day
-            line = encode_line(event, prev)
-            out.write(line + b"\n")  # type: ignore[union-attr]
-            prev, count = line_hash(line), count + 1
-    finally:
-        if out is not None:
-            out.close()
-    return count
-
-
 def generate(root: Path, days: list[int], end: datetime) -> int:
     """The whole log; returns the number of lines."""
-    lines = sum(write_device(root, events_of(history_device(d), HISTORY_USER, end, d)) for d in days)
+    lines = sum(write_device_log(root, events_of(history_device(d), HISTORY_USER, end, d)) for d in days)
     for i in range(FLEET_DEVICES):
-        lines += write_device(root, events_of(FLEET_BASE + i, FLEET_USER, end, 1))
+        lines += write_device_log(root, events_of(FLEET_BASE + i, FLEET_USER, end, 1))
     return lines
 
 

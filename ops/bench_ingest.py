@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ops.bench_common import (
+    DB_PROCESSES,
     DEFAULT_MYSQL_SERVER,
     PROJECT,
     TLINK_PUSH,
@@ -60,7 +61,6 @@ FIRST_DEVICE = 100_000
 READY_DEVICE = FIRST_DEVICE - 1
 BASE_TIME = 1_767_225_600  # 2026-01-01 00:00:00 UTC; each level starts 30 days later
 LEVEL_SPACING = 30 * 86_400
-DB_PROCESSES = ("mariadbd", "mysqld")
 SERVER_CPU = "0"
 LOAD_CPU = "1"
 

@@ -22,14 +22,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from eventlog.events import PUSH, ZERO_HASH, Event, encode_line, line_hash, new_event_id
-from eventlog.files import device_ids, log_path
+from eventlog.events import PUSH, Event, new_event_id
+from eventlog.files import device_ids
 from ops.bench_common import (
+    DB_PROCESSES,
     DEFAULT_MYSQL_SERVER,
+    PLATFORM_OFFSET,
     PROJECT,
     TLINK_PUSH,
     bench_database,
@@ -41,11 +44,11 @@ from ops.bench_common import (
     push_body,
     save_results,
     table,
+    write_device_log,
 )
 
 FIRST_DEVICE = 200_000
 START = datetime(2026, 1, 10, tzinfo=UTC)
-PLATFORM_OFFSET = timedelta(hours=8)  # TLINK stamps bodies in China time
 TABLES = ["events", "sensor_readings", "sensors", "devices", "log_blocks"]
 
 
@@ -68,23 +71,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------- the log
 
 
-def write_device(root: Path, device_id: int, args: argparse.Namespace, rng: random.Random) -> int:
-    """One device's hash-chained daily files; returns the lines written."""
+def device_events(device_id: int, args: argparse.Namespace, rng: random.Random) -> Iterator[Event]:
+    """One device's pushes, in order of receipt."""
     user_id = 300 + device_id % 50
-    prev = ZERO_HASH
-    files: dict[str, list[bytes]] = {}
     for n in range(args.pushes):
         received = START + timedelta(seconds=n * args.interval + device_id % args.interval)
         sent = (received + PLATFORM_OFFSET - timedelta(seconds=rng.randint(1, 5))).replace(tzinfo=None)
         body = push_body(device_id, user_id, sent, args.sensors, rng)
-        event = Event(new_event_id(int(received.timestamp() * 1000)), PUSH, received, device_id, user_id, body)
-        line = encode_line(event, prev)
-        prev = line_hash(line)
-        files.setdefault(event.day, []).append(line + b"\n")
-    for day, lines in files.items():
-        path = log_path(root, device_id, day)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"".join(lines))
+        yield Event(new_event_id(int(received.timestamp() * 1000)), PUSH, received, device_id, user_id, body)
+
+
+def write_device(root: Path, device_id: int, args: argparse.Namespace, rng: random.Random) -> int:
+    """One device's hash-chained daily files; returns the lines written."""
+    write_device_log(root, device_events(device_id, args, rng))
     return int(args.pushes)
 
 
@@ -105,6 +104,11 @@ def count_lines(root: Path) -> tuple[int, int]:
             lines += data.count(b"\n")
             size += len(data)
     return lines, size
+
+
+def log_bytes(root: Path) -> int:
+    """Bytes of every log file under the root (from their sizes, without reading them)."""
+    return sum(path.stat().st_size for device_id in device_ids(root) for path in (root / str(device_id)).glob("*.log"))
 
 
 # ---------------------------------------------------------------- commands
@@ -139,7 +143,7 @@ def verify_log(root: Path, workdir: Path) -> dict[str, Any]:
 
 def replay(database_url: str, root: Path, workdir: Path) -> dict[str, Any]:
     """Time `tlink-push replay` into the database."""
-    db_pid = find_pid(("mariadbd", "mysqld"))
+    db_pid = find_pid(DB_PROCESSES)
     db_before = cpu_seconds(db_pid) if db_pid else 0.0
     status, output, seconds, usage = run_tlink(["replay"], tlink_env(database_url, root), workdir, "replay")
     db_cpu = cpu_seconds(db_pid) - db_before if db_pid else None
@@ -167,7 +171,7 @@ def prepare_log(args: argparse.Namespace, workdir: Path) -> tuple[Path, dict[str
         shutil.rmtree(root)
     root.mkdir(parents=True)
     lines, seconds = generate(root, args)
-    _, size = count_lines(root)
+    size = log_bytes(root)
     print(f"generated {lines:,} lines ({size / 2**20:,.0f} MB) in {root} in {seconds:.1f} s", flush=True)
     return root, {"generated": True, "lines": lines, "bytes": size, "seconds": seconds}
 

@@ -50,10 +50,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from service.tlink_client import parse_json
+from service.tlink_client import MAX_PAGE_SIZE, parse_json
 
 FIXTURE_USER_ID = 385
-MAX_PAGE_SIZE = 100
 TOKEN_PATH = "/oauth/token"
 SENSOR_DATA_PATH = "/api/device/getDeviceSensorDatas"
 CONTROL_PATH = "/_control"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pymysql
+
+from eventlog.db import parse_database_url
+from ops.bench_common import free_port
 
 MARIADBD = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
 INSTALL_DB = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db"
@@ -19,10 +21,17 @@ def available() -> bool:
     return Path(MARIADBD).exists() and Path(INSTALL_DB).exists()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def query(url: str, sql: str) -> list[tuple[object, ...]]:
+    """All rows of one statement, on a connection of its own to the MySQL/MariaDB database of the URL."""
+    parsed = parse_database_url(url)
+    conn = pymysql.connect(host=parsed.host, port=parsed.port, user=parsed.user, password=parsed.password,
+                           database=parsed.database)  # fmt: skip
+    try:
+        cur = conn.cursor()
+        cur.execute(sql)
+        return list(cur.fetchall())
+    finally:
+        conn.close()
 
 
 class PrivateMariaDB:
@@ -73,10 +82,4 @@ class PrivateMariaDB:
             self.process = None
 
     def query(self, sql: str) -> list[tuple[object, ...]]:
-        conn = pymysql.connect(host="127.0.0.1", port=self.port, user="root", database="tlink")
-        try:
-            cur = conn.cursor()
-            cur.execute(sql)
-            return list(cur.fetchall())
-        finally:
-            conn.close()
+        return query(self.url, sql)

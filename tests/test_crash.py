@@ -12,14 +12,13 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-import pymysql
 import pytest
 
-from eventlog.db import parse_database_url
 from eventlog.files import device_days, device_ids, log_path
 from eventlog.verify import verify
+from ops.bench_common import free_port
 from tests.conftest import fixture_bytes, mysql_database_url
-from tests.private_mariadb import free_port
+from tests.private_mariadb import query
 
 pytestmark = [pytest.mark.mysql, pytest.mark.slow]
 
@@ -83,18 +82,6 @@ def logged_sequence_numbers(root: Path) -> list[int]:
             for line in log_path(root, device_id, day).read_bytes().splitlines():
                 found.append(orjson.loads(line)["body"]["seq"])
     return found
-
-
-def query(url: str, sql: str) -> list[tuple[object, ...]]:
-    parsed = parse_database_url(url)
-    conn = pymysql.connect(host=parsed.host, port=parsed.port, user=parsed.user, password=parsed.password,
-                           database=parsed.database)  # fmt: skip
-    try:
-        cur = conn.cursor()
-        cur.execute(sql)
-        return list(cur.fetchall())
-    finally:
-        conn.close()
 
 
 async def test_kill_9_loses_no_acknowledged_push_and_doubles_none(tmp_path):

@@ -15,17 +15,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from ops.bench_common import free_port
 from tests.conftest import fixture_bytes
 
 SAMPLE = fixture_bytes("sample_push.json")
 TLINK_PUSH = Path(sys.executable).with_name("tlink-push")
 START_TIMEOUT = 15.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ServiceProcess:
