@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
 from functools import partial, wraps
 from typing import Any
 
@@ -21,11 +20,9 @@ from eventlog.readings import Reading
 from projections import views
 from projections.views import DeviceView, SensorView, UserView
 from service import query, schemas
-from service.errors import ApiError, json_response
+from service.errors import ApiError, Handler, json_response
 from service.keys import DATABASE, SETTINGS, STORE
 from service.reference import DEVICE_APIS
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def answer(model: type[BaseModel], data: dict[str, Any], status: int = 200) -> web.Response:
@@ -109,14 +106,11 @@ def latest_part(sensor: SensorView) -> dict[str, Any] | None:
     """A sensor's latest reading from the read model, or None if it never reported."""
     if sensor.latest_recorded_at is None:
         return None
-    return {
-        "recordedAt": _time(sensor.latest_recorded_at),
-        "sensorTimestamp": sensor.latest_sensor_timestamp,
-        "value": sensor.latest_value,
-        "rawValue": sensor.latest_raw_value,
-        "isAlarm": sensor.is_alarm,
-        "isLine": sensor.is_line,
-    }
+    s = sensor
+    return reading_part(
+        Reading(s.sensor_id, s.latest_recorded_at, s.latest_sensor_timestamp, s.latest_value, s.latest_raw_value,
+                s.is_alarm, s.is_line)
+    )  # fmt: skip
 
 
 def with_history(sensors: list[SensorView], histories: dict[int, list[Reading]]) -> list[dict[str, Any]]:

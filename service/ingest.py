@@ -149,9 +149,6 @@ class Ingestor:
 
     async def record(self, type_: str, device_id: int, user_id: int, body: dict[str, Any]) -> Appended:
         """Store an event of another type (for example a failed sync) and project it."""
-        appended = await self._append(type_, device_id, user_id, body)
+        appended = await self.store.append(self.store.new_event(type_, device_id, user_id, body))
         await self.projector.project(appended)
         return appended
-
-    async def _append(self, type_: str, device_id: int, user_id: int, body: dict[str, Any]) -> Appended:
-        return await self.store.append(self.store.new_event(type_, device_id, user_id, body))

@@ -31,8 +31,8 @@ from service.errors import Handler, error_middleware
 from service.keys import DEAD_LETTERED, PROJECTOR, PUSH_OUTCOME, STORE, STORED_READINGS
 from service.scheduler import RETENTION_STATS, SYNC_STATS
 from service.sync import SyncReport
+from service.webhook import WEBHOOK_PATH
 
-WEBHOOK_PATH = "/api/webhooks/tlink"
 METRICS_PATH = "/metrics"
 
 OUTCOMES = ("ok", "duplicate", "invalid", "too_large", "unauthorized", "unavailable", "error")

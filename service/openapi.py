@@ -19,6 +19,7 @@ from service import query, schemas
 from service.config import Settings
 from service.keys import SETTINGS
 from service.query import Param
+from service.webhook import WEBHOOK_PATH
 
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
@@ -107,7 +108,7 @@ OPERATIONS = (
     ),
     Operation(
         "post",
-        "/api/webhooks/tlink",
+        WEBHOOK_PATH,
         "Receive one TLINK push; 200 only once its event line is on disk",
         {
             200: ("stored, or a duplicate of a stored push (`duplicate`)", schemas.WebhookAnswer),

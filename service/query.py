@@ -15,10 +15,9 @@ from aiohttp import web
 
 from eventlog.events import EVENT_TYPES
 from eventlog.history import Window
-from eventlog.readings import InvalidBody, parse_platform_time
+from eventlog.readings import MAX_ID, InvalidBody, parse_platform_time
 from service.errors import ApiError
 
-MAX_ID = 2**63 - 1
 _DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _TIME_PATTERN = r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}$"
 
@@ -49,7 +48,7 @@ PAGE = Param("page", "query", {"type": "integer", "minimum": 1, "default": 1}, "
 PAGE_SIZE = Param("pageSize", "query", {"type": "integer", "minimum": 1}, "items per page; larger values are capped")
 HISTORY_LIMIT = Param("historyLimit", "query", {"type": "integer", "minimum": 0}, "readings per sensor, newest first")
 DAY = Param(
-    "day", "query", {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"}, "only this UTC day's file (YYYY-MM-DD)"
+    "day", "query", {"type": "string", "pattern": _DAY_RE.pattern}, "only this UTC day's file (YYYY-MM-DD)"
 )
 EVENT_TYPE = Param("type", "query", {"type": "string", "enum": sorted(EVENT_TYPES)}, "only events of this type")
 

@@ -13,6 +13,8 @@ from eventlog.readings import InvalidBody
 from service.errors import ApiError, json_response
 from service.keys import DEAD_LETTERED, DEAD_LETTERS, INGESTOR, PUSH_OUTCOME, SETTINGS, STORED_READINGS
 
+WEBHOOK_PATH = "/api/webhooks/tlink"
+
 
 def signature_ok(secret: str, body: bytes, header: str | None) -> bool:
     """`sha256=<hex>` or a bare hex HMAC-SHA256 of the raw body, compared in constant time."""
@@ -39,7 +41,7 @@ def authenticate(request: web.Request, body: bytes) -> None:
 
 def parse_json(body: bytes) -> dict[str, Any]:
     """The body as a JSON object, or InvalidBody saying why not."""
-    if not body.strip():
+    if not body or body.isspace():
         raise InvalidBody("empty body: expected a JSON object")
     try:
         doc = orjson.loads(body)
@@ -76,5 +78,5 @@ async def receive_push(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     """Register the webhook route."""
-    app.router.add_post("/api/webhooks/tlink", receive_push)
+    app.router.add_post(WEBHOOK_PATH, receive_push)
 
