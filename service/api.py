@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import math
-from functools import partial, wraps
+from functools import partial
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
 
-from eventlog.db import Database, DatabaseUnavailable
+from eventlog.db import Database
 from eventlog.history import FIRST_PAGE, Block, LogPoint, Window, device_events, read_history
 from eventlog.readings import Reading
 from projections import views
 from projections.views import DeviceView, SensorView, UserView
 from service import query, schemas
-from service.errors import ApiError, Handler, json_response
+from service.errors import ApiError, json_response
 from service.keys import DATABASE, SETTINGS, STORE
 from service.reference import DEVICE_APIS
 
@@ -32,19 +32,6 @@ def answer(model: type[BaseModel], data: dict[str, Any], status: int = 200) -> w
     """
     model.model_validate(data, strict=True)
     return json_response(data, status)
-
-
-def reads_database(handler: Handler) -> Handler:
-    """An unreachable database is a 503 (retry later), not a 500."""
-
-    @wraps(handler)
-    async def wrapper(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except DatabaseUnavailable:
-            raise ApiError(503, "the database is unavailable; retry later") from None
-
-    return wrapper
 
 
 # ---------------------------------------------------------------- answer parts
@@ -177,7 +164,6 @@ async def _next_blocks(
 # ---------------------------------------------------------------- handlers
 
 
-@reads_database
 async def list_devices(request: web.Request) -> web.Response:
     """GET /api/users/{userId}/devices"""
     settings = request.app[SETTINGS]
@@ -202,7 +188,6 @@ async def list_devices(request: web.Request) -> web.Response:
     return answer(schemas.DevicesAnswer, {"user": user_part(user), "pagination": pagination, "devices": items})
 
 
-@reads_database
 async def latest(request: web.Request) -> web.Response:
     """GET /api/users/{userId}/devices/{deviceId}/latest"""
     device_id = query.path_id(request, query.DEVICE_ID)
@@ -213,7 +198,6 @@ async def latest(request: web.Request) -> web.Response:
     return answer(schemas.LatestAnswer, {"user": user_part(user), "device": device_part(device), "sensors": items})
 
 
-@reads_database
 async def history(request: web.Request) -> web.Response:
     """GET /api/users/{userId}/devices/{deviceId}/history"""
     settings = request.app[SETTINGS]
@@ -228,7 +212,6 @@ async def history(request: web.Request) -> web.Response:
     return answer(schemas.HistoryAnswer, data)
 
 
-@reads_database
 async def events(request: web.Request) -> web.Response:
     """GET /api/users/{userId}/devices/{deviceId}/events"""
     settings = request.app[SETTINGS]

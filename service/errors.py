@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from eventlog.db import DatabaseUnavailable
 from eventlog.readings import InvalidBody
 from eventlog.store import LogUnavailable
 
@@ -44,6 +45,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc.status, exc.message)
     except InvalidBody as exc:
         return error_response(400, str(exc))
+    except DatabaseUnavailable:  # the read models cannot be reached: retry later
+        return error_response(503, "the database is unavailable; retry later")
     except LogUnavailable as exc:
         log.error("push refused: %s", exc)
         return error_response(503, "the event log cannot be written; retry later")
