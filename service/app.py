@@ -47,7 +47,8 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     """The aiohttp application for these settings; nothing is opened until it starts."""
-    middlewares = [error_middleware, metrics.metrics_middleware, cors.cors_middleware, api_key_middleware]
+    # Outermost first: metrics sees the answer the error middleware made of any error.
+    middlewares = [metrics.metrics_middleware, error_middleware, cors.cors_middleware, api_key_middleware]
     app = web.Application(client_max_size=settings.MAX_BODY_BYTES, middlewares=middlewares)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(storage_ctx)

@@ -27,7 +27,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from service.errors import Handler, error_middleware
+from service.errors import Handler
 from service.keys import DEAD_LETTERED, PROJECTOR, PUSH_OUTCOME, STORE, STORED_READINGS
 from service.scheduler import RETENTION_STATS, SYNC_STATS
 from service.sync import SyncReport
@@ -261,8 +261,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     metrics = request.app[METRICS]
     started = time.perf_counter()
     try:
-        # Errors become their answers here, so the status counted is the one the client gets.
-        response = await error_middleware(request, handler)
+        # The error middleware runs inside this one (see create_app), so errors have become
+        # their answers and the status counted is the one the client gets.
+        response = await handler(request)
     except web.HTTPException as exc:  # a non-error HTTP exception passes through error_middleware
         metrics.observe_push(request, exc.status, time.perf_counter() - started)
         raise
