@@ -126,6 +126,11 @@ class Database(ABC):
         await self.fetchall("SELECT 1")
 
 
+def placeholders(count: int) -> str:
+    """`%s, %s, ...`: the parameter marks of a list of `count` values."""
+    return ", ".join(["%s"] * count)
+
+
 def split_statements(script: str) -> list[str]:
     """Statements of a DDL script (no `;` inside literals, `--` comments dropped)."""
     lines = [line for line in script.splitlines() if not line.strip().startswith("--")]

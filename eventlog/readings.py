@@ -191,9 +191,11 @@ def remember_readings(event_id: str, readings: list[Reading]) -> None:
 
 def readings_of(event: Event) -> list[Reading]:
     """The readings an event carries (none for event types without readings)."""
+    known = _recent.pop(event.id, None)
+    if known is not None:
+        return known
     if event.type == PUSH:
-        known = _recent.pop(event.id, None)
-        return known if known is not None else parse_push(event.body).readings
+        return parse_push(event.body).readings
     if event.type == SYNC:
         return sync_readings(event.body)
     return []

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from eventlog.db import Database
+from eventlog.db import Database, placeholders
 from projections.changes import Changes, event_row_body, push_digest, user_uuid
 from projections.mysql_text import mysql_literals
 from projections.recorder import Position, Recorder
@@ -43,8 +43,7 @@ def upsert(kind: str, table: str, columns: Sequence[str], key: Sequence[str], se
     `sets` are written with `new.col` and `old.col`. MySQL evaluates SET clauses left to
     right, later ones seeing earlier results, so the column a condition tests comes last.
     """
-    placeholders = ", ".join(["%s"] * len(columns))
-    head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})"
+    head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders(len(columns))})"
     if kind == "mysql":
         new, old = r"VALUES(\1)", r"\1"
     else:
@@ -61,7 +60,7 @@ def insert_ignore(kind: str, table: str, columns: Sequence[str]) -> str:
     MySQL's INSERT IGNORE would raise a warning per skipped row (and a SHOW WARNINGS
     round trip); a no-op update of the first column skips them silently.
     """
-    values = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
+    values = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders(len(columns))})"
     if kind == "mysql":
         return f"{values} ON DUPLICATE KEY UPDATE {columns[0]} = {columns[0]}"
     return values.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
@@ -240,7 +239,7 @@ class SqlRecorder(Recorder):
         digests = sorted({digest for _, digest in wanted})
         rows = await self.db.fetchall(
             "SELECT device_id, body_hash, event_id FROM events"
-            f" WHERE body_hash IN ({', '.join(['%s'] * len(digests))})",
+            f" WHERE body_hash IN ({placeholders(len(digests))})",
             digests,
         )
         found = {(int(r[0]), str(r[1])): str(r[2]) for r in rows}
@@ -251,7 +250,7 @@ class SqlRecorder(Recorder):
         if not wanted:
             return {}
         rows = await self.db.fetchall(
-            f"SELECT device_id, last_push_time FROM devices WHERE device_id IN ({', '.join(['%s'] * len(wanted))})"
+            f"SELECT device_id, last_push_time FROM devices WHERE device_id IN ({placeholders(len(wanted))})"
             " AND last_push_time IS NOT NULL",
             wanted,
         )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from eventlog.db import Database, Row
+from eventlog.db import Database, Row, placeholders
 from eventlog.history import Block, LogPoint, Window
 
 
@@ -75,10 +75,6 @@ def _int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def _in(values: Sequence[Any]) -> str:
-    return ", ".join(["%s"] * len(values))
-
-
 async def find_user(db: Database, tlink_user_id: int) -> UserView | None:
     """The user with this TLINK id."""
     sql = "SELECT tlink_user_id, parent_user_id FROM users WHERE tlink_user_id = %s"
@@ -137,7 +133,8 @@ async def sensors_of(db: Database, device_ids: Sequence[int]) -> dict[int, list[
     rows = await db.fetchall(
         "SELECT sensor_id, device_id, sensor_name, sensor_type_id, unit, latest_value, latest_raw_value,"
         " latest_recorded_at, latest_sensor_timestamp, is_alarm, is_line FROM sensors"
-        f" WHERE device_id IN ({_in(device_ids)}) ORDER BY device_id, COALESCE(ordernum, 2147483647), sensor_id",
+        f" WHERE device_id IN ({placeholders(len(device_ids))})"
+        " ORDER BY device_id, COALESCE(ordernum, 2147483647), sensor_id",
         list(device_ids),
     )
     for r in rows:

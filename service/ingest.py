@@ -12,7 +12,7 @@ from typing import Any
 
 from eventlog.db import DatabaseError
 from eventlog.events import PUSH, SYNC, body_digest
-from eventlog.readings import parse_push, remember_readings
+from eventlog.readings import Reading, parse_push, remember_readings
 from eventlog.store import Appended, LogStore
 from projections.projector import Projector
 from projections.recorder import Recorder
@@ -143,12 +143,19 @@ class Ingestor:
         projected = await self.projector.project(appended)
         return PushResult(appended.event.id, len(parsed.readings), False, projected)
 
-    async def sync_device(self, user_id: int, device: dict[str, Any]) -> Appended:
-        """Store one device object pulled from TLINK and project it."""
-        return await self.record(SYNC, int(device["id"]), user_id, device)
+    async def sync_device(
+        self, user_id: int, device: dict[str, Any], readings: list[Reading] | None = None
+    ) -> Appended:
+        """Store one device object pulled from TLINK (with its `readings`, if already read) and project it."""
+        return await self.record(SYNC, int(device["id"]), user_id, device, readings)
 
-    async def record(self, type_: str, device_id: int, user_id: int, body: dict[str, Any]) -> Appended:
+    async def record(
+        self, type_: str, device_id: int, user_id: int, body: dict[str, Any], readings: list[Reading] | None = None
+    ) -> Appended:
         """Store an event of another type (for example a failed sync) and project it."""
-        appended = await self.store.append(self.store.new_event(type_, device_id, user_id, body))
+        event = self.store.new_event(type_, device_id, user_id, body)
+        if readings is not None:
+            remember_readings(event.id, readings)  # the projector takes them instead of reading the body again
+        appended = await self.store.append(event)
         await self.projector.project(appended)
         return appended

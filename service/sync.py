@@ -27,11 +27,12 @@ from typing import Any
 import aiohttp
 import orjson
 
-from eventlog.db import Database, DatabaseError
+from eventlog.db import Database, DatabaseError, placeholders
 from eventlog.events import SYNC_FAILED, format_instant, utc_now
 from eventlog.files import append_durably
 from eventlog.readings import InvalidBody, Reading, parse_id, sync_readings
 from eventlog.retention import SYNC_FAILURES_DIR, sync_failures_path
+from projections.views import platform_time
 from service.config import Settings
 from service.ingest import Ingestor
 from service.tlink_client import TlinkClient, TlinkClientConfig, TlinkError
@@ -275,7 +276,7 @@ class TlinkSync:
         try:
             readings = sync_readings(device)
             known = await self._known(readings)
-            await self.ingestor.sync_device(owner, device)
+            await self.ingestor.sync_device(owner, device, readings)
         except Exception as exc:
             await self._fail(result, page, exc, device_id, owner=owner)
             return
@@ -311,11 +312,11 @@ class TlinkSync:
         sensors = sorted({r.sensor_id for r in readings})
         times = sorted({r.recorded_at for r in readings})
         rows = await db.fetchall(
-            f"SELECT sensor_id, recorded_at FROM sensor_readings WHERE sensor_id IN ({_marks(sensors)})"
-            f" AND recorded_at IN ({_marks(times)})",
+            f"SELECT sensor_id, recorded_at FROM sensor_readings WHERE sensor_id IN ({placeholders(len(sensors))})"
+            f" AND recorded_at IN ({placeholders(len(times))})",
             [*sensors, *times],
         )
-        return {(int(r[0]), _as_datetime(r[1])) for r in rows}
+        return {(int(r[0]), when) for r in rows if (when := platform_time(r[1])) is not None}
 
     async def _fail(
         self,
@@ -354,10 +355,3 @@ class TlinkSync:
         return True
 
 
-def _marks(values: Sequence[Any]) -> str:
-    return ", ".join(["%s"] * len(values))
-
-
-def _as_datetime(value: Any) -> datetime:
-    """MySQL returns datetimes, SQLite 'YYYY-MM-DD HH:MM:SS' text."""
-    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
