@@ -36,6 +36,11 @@ class PruneReport:
     waiting: int = 0  # due device files kept because the database could not be reached
     db_error: str | None = None
 
+    @property
+    def kept(self) -> int:
+        """Due files kept, for whatever reason."""
+        return len(self.skipped) + self.waiting
+
 
 Recorded = dict[tuple[int, str], tuple[int, str]]  # (device, day) -> (line_count, last_hash)
 

@@ -55,7 +55,7 @@ def prune_command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"kept {path}: {reason}")
     if report.db_error is not None:
         print(f"kept {report.waiting} device files: database unreachable ({report.db_error})")
-    kept = len(report.skipped) + report.waiting
+    kept = report.kept
     print(
         f"pruned {len(report.deleted)} files ({report.lines} log lines) of days before {report.cutoff},"
         f" removed {len(report.folders)} folders, kept {kept} due files"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -102,14 +101,12 @@ class RetentionStats:
     files_deleted: int = 0
     folders_removed: int = 0
     files_kept: int = 0  # due but kept (mismatch, undeletable, database unreachable)
-    last_seconds: float | None = None
     last_finished_at: datetime | None = None
 
 
 async def run_retention(app: web.Application) -> PruneReport:
     """One retention pass of the service, logged and counted."""
     settings, stats = app[SETTINGS], app[RETENTION_STATS]
-    started = time.monotonic()
     try:
         report = await prune_logs(app[DATABASE], settings.SYNC_LOG_DIR, settings.LOG_AGE)
     except Exception:
@@ -118,8 +115,7 @@ async def run_retention(app: web.Application) -> PruneReport:
     stats.runs += 1
     stats.files_deleted += len(report.deleted)
     stats.folders_removed += len(report.folders)
-    stats.files_kept += len(report.skipped) + report.waiting
-    stats.last_seconds = time.monotonic() - started
+    stats.files_kept += report.kept
     stats.last_finished_at = utc_now()
     log_prune(report)
     return report
@@ -133,7 +129,7 @@ def log_prune(report: PruneReport) -> None:
         log.warning("log retention: %d due files kept until the database answers: %s", report.waiting, report.db_error)
     log.info(
         "log retention completed deleted=%d folders=%d lines=%d kept=%d cutoff=%s",
-        len(report.deleted), len(report.folders), report.lines, len(report.skipped) + report.waiting, report.cutoff,
+        len(report.deleted), len(report.folders), report.lines, report.kept, report.cutoff,
     )  # fmt: skip
 
 

@@ -100,8 +100,6 @@ class SyncStats:
     failures: int = 0
     token_refreshes: int = 0  # tokens obtained, the first one included
     token_grants: dict[str, int] = field(default_factory=dict)  # the same by grant type
-    seconds_total: float = 0.0
-    last_seconds: float | None = None
     last_outcome: str | None = None
     last_finished_at: datetime | None = None
     running: bool = False
@@ -118,8 +116,6 @@ class SyncStats:
         self.devices += report.devices
         self.readings += report.readings
         self.failures += report.failures
-        self.seconds_total += report.seconds
-        self.last_seconds = report.seconds
         self.last_outcome = report.outcome
         self.last_finished_at = utc_now()
         for observer in self.observers:

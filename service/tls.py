@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from eventlog.files import fsync_dir
+
 try:  # POSIX only; elsewhere two processes racing on first start are not guarded.
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -217,17 +219,8 @@ def _atomic_write(path: Path, data: bytes, mode: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in directory durable (best effort)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    with contextlib.suppress(OSError):  # the rename's durability is best effort
+        fsync_dir(path.parent)
 
 
 @contextlib.contextmanager
