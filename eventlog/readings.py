@@ -178,24 +178,40 @@ def sync_readings(body: dict[str, Any]) -> list[Reading]:
 
 # Readings of recently parsed events by event id: the webhook parses a push to check it,
 # and the projector needs the same readings a moment later.
-_recent: OrderedDict[str, list[Reading]] = OrderedDict()
+class Parsed(NamedTuple):
+    """What is known of an event's body: its readings, and for a push its digest and `time`."""
+
+    readings: list[Reading]
+    digest: str | None = None  # eventlog.events.body_digest of the body, if already computed
+    sent: datetime | None = None  # a push body's `time`
+
+
+_recent: OrderedDict[str, Parsed] = OrderedDict()
 _RECENT_MAX = 4096
 
 
-def remember_readings(event_id: str, readings: list[Reading]) -> None:
-    """Keep an event's parsed readings for `readings_of`."""
-    _recent[event_id] = readings
+def remember_readings(
+    event_id: str, readings: list[Reading], digest: str | None = None, sent: datetime | None = None
+) -> None:
+    """Keep what the webhook (or the sync) worked out about an event's body for `parsed_of`."""
+    _recent[event_id] = Parsed(readings, digest, sent)
     if len(_recent) > _RECENT_MAX:
         _recent.popitem(last=False)
 
 
-def readings_of(event: Event) -> list[Reading]:
-    """The readings an event carries (none for event types without readings)."""
+def parsed_of(event: Event) -> Parsed:
+    """What is known of an event's body: remembered if the event is recent, else read from it now."""
     known = _recent.pop(event.id, None)
     if known is not None:
         return known
     if event.type == PUSH:
-        return parse_push(event.body).readings
+        parsed = parse_push(event.body)
+        return Parsed(parsed.readings, None, parsed.sent)
     if event.type == SYNC:
-        return sync_readings(event.body)
-    return []
+        return Parsed(sync_readings(event.body))
+    return Parsed([])
+
+
+def readings_of(event: Event) -> list[Reading]:
+    """The readings an event carries (none for event types without readings)."""
+    return parsed_of(event).readings

@@ -17,7 +17,7 @@ import orjson
 
 from eventlog.events import PUSH, SYNC, Event, body_digest, decode_line, line_hash
 from eventlog.files import LogLine
-from eventlog.readings import MAX_ID, InvalidBody, Reading, flag_bool, parse_platform_time, readings_of
+from eventlog.readings import MAX_ID, InvalidBody, Reading, flag_bool, parse_platform_time, parsed_of
 
 BLOCK_LINES = 64
 _USER_NAMESPACE = uuid.UUID("6f1f3c1e-8d55-4c41-9a63-1f3e2b7a9c00")
@@ -137,6 +137,7 @@ class Changes:
     readings: dict[tuple[int, datetime], tuple[int, Reading, str]] = field(default_factory=dict)
     blocks: dict[tuple[int, str, int], BlockRow] = field(default_factory=dict)
     files: dict[tuple[int, str], FileRow] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)  # push event id -> body digest (duplicate detection)
 
 
 # ------------------------------------------------------------------ merge rules
@@ -227,10 +228,12 @@ def _add_event(changes: Changes, spans: dict[tuple[int, str, int], list[Any]], p
     """Fold one event into the batch's changes; its block's span is widened in `spans`."""
     event = placed.event
     changes.events.append(placed)
-    readings = readings_of(event)
+    known = parsed_of(event)
+    readings = known.readings
     _put(changes.users, event.user_id, _user_row(event), merge_user)
     if event.type == PUSH:
-        _put(changes.device_pushes, event.device_id, _device_push_row(event), merge_device_push)
+        changes.digests[event.id] = known.digest or body_digest(event.body)
+        _put(changes.device_pushes, event.device_id, _device_push_row(event, known.sent), merge_device_push)
         types = {int(e["sensorsId"]): e for e in event.body["sensorsDates"]}
         for reading in readings:
             entry = types.get(reading.sensor_id, {})
@@ -267,12 +270,13 @@ def _user_row(event: Event) -> UserRow:
     return UserRow(event.user_id, _short(parent, 64), event.received_at)
 
 
-def _device_push_row(event: Event) -> DevicePushRow:
+def _device_push_row(event: Event, sent: datetime | None) -> DevicePushRow:
     body = event.body
-    try:
-        sent: datetime | None = parse_platform_time(body.get("time"))
-    except InvalidBody:
-        sent = None
+    if sent is None:
+        try:
+            sent = parse_platform_time(body.get("time"))
+        except InvalidBody:
+            sent = None
     return DevicePushRow(
         device_id=event.device_id,
         tlink_user_id=event.user_id,
@@ -339,7 +343,3 @@ def event_row_body(event: Event) -> str:
     """The body as stored in the events table."""
     return orjson.dumps(event.body).decode()
 
-
-def push_digest(event: Event) -> str | None:
-    """Duplicate-detection key: pushes only."""
-    return body_digest(event.body) if event.type == PUSH else None

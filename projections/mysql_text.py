@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from eventlog.db import Literals, datetime_literal, quote, text_literal
-from projections.changes import Changes, event_row_body, push_digest, user_uuid
+from projections.changes import Changes, event_row_body, user_uuid
 
 _FLAG = {None: "NULL", True: "1", False: "0"}
 
@@ -40,11 +40,12 @@ def mysql_literals(changes: Changes) -> dict[str, Literals]:
     """Value lists for the statements named like `Statements`' attributes: events, device_push,
     sensor_latest and readings."""
     when = _Times()
+    digests = changes.digests
     text = text_literal
     flag = _FLAG
     events = Literals(
         f"({quote(p.event.id)},{quote(p.event.type)},{p.event.device_id},{p.event.user_id},"
-        f"{when(p.event.received_at)},{quote(p.day)},{p.line_no},{p.offset},{text(push_digest(p.event))},"
+        f"{when(p.event.received_at)},{quote(p.day)},{p.line_no},{p.offset},{text(digests.get(p.event.id))},"
         f"{quote(p.hash)},{quote(event_row_body(p.event))})"
         for p in changes.events
     )

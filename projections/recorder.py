@@ -30,7 +30,6 @@ from projections.changes import (
     merge_sensor_latest,
     merge_sensor_meta,
     merge_user,
-    push_digest,
 )
 from projections.errors import ProjectionError
 
@@ -107,7 +106,7 @@ class MemoryRecorder(Recorder):
             event = placed.event
             if event.id in self.events:
                 raise ProjectionError(f"event {event.id} recorded twice")
-            self.events[event.id] = (event.device_id, push_digest(event), placed.day, placed.line_no)
+            self.events[event.id] = (event.device_id, changes.digests.get(event.id), placed.day, placed.line_no)
         _merge_into(self.users, changes.users, merge_user)
         _merge_into(self.device_pushes, changes.device_pushes, merge_device_push)
         _merge_into(self.device_meta, changes.device_meta, merge_device_meta)

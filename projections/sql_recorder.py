@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from eventlog.db import Database, placeholders
-from projections.changes import Changes, event_row_body, push_digest, user_uuid
+from projections.changes import Changes, event_row_body, user_uuid
 from projections.mysql_text import mysql_literals
 from projections.recorder import Position, Recorder
 from projections.schema import apply_schema, drop_all
@@ -152,7 +152,7 @@ Rows = list[tuple[Any, ...]]
 ROW_BUILDERS: dict[str, Callable[[Changes], Rows]] = {
     "events": lambda changes: [
         (p.event.id, p.event.type, p.event.device_id, p.event.user_id, p.event.received_at, p.day, p.line_no,
-         p.offset, push_digest(p.event), p.hash, event_row_body(p.event))
+         p.offset, changes.digests.get(p.event.id), p.hash, event_row_body(p.event))
         for p in changes.events
     ],
     "blocks": lambda changes: [

@@ -132,7 +132,7 @@ class Ingestor:
                 future.set_result(stored)
                 return PushResult(stored, 0, True, True)
             event = self.store.new_event(PUSH, parsed.device_id, parsed.user_id, body)
-            remember_readings(event.id, parsed.readings)
+            remember_readings(event.id, parsed.readings, key[1], parsed.sent)
             appended = await self.store.append(event)
             self.known.remember(key, appended.event.id, parsed.sent)
             future.set_result(appended.event.id)
