@@ -35,19 +35,37 @@ def repair_device(root: Path, device_id: int) -> Repair | None:
     if not days:
         return None
     path = log_path(root, device_id, days[-1])
-    data = path.read_bytes()
-    keep = _good_length(data)
-    if keep == len(data):
+    offset, data = _tail(path)
+    keep = offset + _good_length(data)
+    size = offset + len(data)
+    if keep == size:
         return None
     target = quarantine_path(path)
     with open(target, "ab") as out:
-        out.write(data[keep:] + (b"" if data.endswith(b"\n") else b"\n"))
+        out.write(data[keep - offset :] + (b"" if data.endswith(b"\n") else b"\n"))
         out.flush()
         os.fsync(out.fileno())
     with open(path, "r+b") as handle:
         handle.truncate(keep)
         os.fsync(handle.fileno())
-    return Repair(path=path, quarantine=target, kept_bytes=keep, moved_bytes=len(data) - keep)
+    return Repair(path=path, quarantine=target, kept_bytes=keep, moved_bytes=size - keep)
+
+
+def _tail(path: Path, size: int = 1 << 20) -> tuple[int, bytes]:
+    """(offset, bytes) of the end of a file long enough to find its last good line.
+
+    Reading only the tail keeps start-up from reading every device's whole file; the
+    window doubles while the good part could begin before it.
+    """
+    with open(path, "rb") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        while True:
+            offset = max(0, end - size)
+            handle.seek(offset)
+            data = handle.read(end - offset)
+            if offset == 0 or _good_length(data) > 0:
+                return offset, data
+            size *= 2
 
 
 def repair_all(root: Path) -> list[Repair]:

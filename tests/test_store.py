@@ -126,6 +126,27 @@ async def test_torn_tail_is_quarantined_at_start(log_root, clock):
     assert verify(log_root).ok
 
 
+async def test_a_torn_tail_longer_than_the_read_window_is_quarantined_whole(log_root, clock, monkeypatch):
+    import eventlog.recovery as recovery
+
+    store = LogStore(log_root, clock=clock)
+    await store.open()
+    for value in range(1, 4):
+        await append(store, 8, value)
+    await store.close()
+    path = log_path(log_root, 8, "2026-03-01")
+    good = path.read_bytes()
+    torn = b'{"v":1,"id":"0193-torn' + b"x" * 700 + b"\n" + b"garbage without end"
+    with open(path, "ab") as handle:
+        handle.write(torn)
+    window = recovery._tail.__defaults__  # read the tail in 64-byte steps: the window has to grow
+    monkeypatch.setattr(recovery._tail, "__defaults__", (64,))
+    [repair] = repair_all(log_root)
+    monkeypatch.setattr(recovery._tail, "__defaults__", window)
+    assert path.read_bytes() == good and repair.kept_bytes == len(good)
+    assert quarantine_path(path).read_bytes() == torn + b"\n"
+
+
 def test_unparseable_complete_last_line_is_torn_too(log_root):
     path = log_path(log_root, 2, "2026-03-01")
     path.parent.mkdir(parents=True)
