@@ -15,7 +15,6 @@ one this process has seen for that sensor (an estimate, right after a restart to
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -25,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 
 from eventlog.db import Database, DatabaseError, placeholders
+from eventlog.deadletter import RecordLog
 from eventlog.events import SYNC_FAILED, format_instant, utc_now
-from eventlog.files import append_durably
 from eventlog.readings import InvalidBody, Reading, parse_id, sync_readings
 from eventlog.retention import SYNC_FAILURES_DIR, sync_failures_path
 from projections.views import platform_time
@@ -127,14 +125,12 @@ class SyncFailureLog:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._lock = asyncio.Lock()
+        self._log = RecordLog()
 
     async def write(self, record: dict[str, Any]) -> Path:
         """Append one record (its `at` names the day); returns the file."""
         path = sync_failures_path(self.root, str(record["at"])[:10])
-        line = orjson.dumps(record) + b"\n"
-        async with self._lock:
-            await asyncio.get_running_loop().run_in_executor(None, append_durably, path, line)
+        await self._log.append(path, record)
         return path
 
 
