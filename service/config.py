@@ -108,10 +108,18 @@ class Settings(BaseSettings):
     def _method(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    def sync_problem(self, users: list[int] | None = None) -> str | None:
+        """Why a sync of `users` (default TLINK_SYNC_USER_IDS) cannot run with these settings, or None."""
+        if not (users or self.TLINK_SYNC_USER_IDS):
+            return "no user to sync: set TLINK_SYNC_USER_IDS or pass --user ID"
+        if not (self.TLINK_OAUTH_USERNAME and self.TLINK_OAUTH_CLIENT_ID):
+            return "TLINK_OAUTH_USERNAME and TLINK_OAUTH_CLIENT_ID (and their secrets) must be set"
+        return None
+
     @property
     def sync_configured(self) -> bool:
         """Sync has user ids and credentials to work with."""
-        return bool(self.TLINK_SYNC_USER_IDS and self.TLINK_OAUTH_USERNAME and self.TLINK_OAUTH_CLIENT_ID)
+        return self.sync_problem() is None
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -99,11 +99,7 @@ def sync_command(args: argparse.Namespace, settings: Settings) -> int:
 def _sync_problem(settings: Settings, users: list[int] | None) -> str | None:
     if users is not None and any(user <= 0 for user in users):
         return "--user must be a positive TLINK user id"
-    if not (users or settings.TLINK_SYNC_USER_IDS):
-        return "no user to sync: set TLINK_SYNC_USER_IDS or pass --user ID"
-    if not (settings.TLINK_OAUTH_USERNAME and settings.TLINK_OAUTH_CLIENT_ID):
-        return "TLINK_OAUTH_USERNAME and TLINK_OAUTH_CLIENT_ID (and their secrets) must be set"
-    return None
+    return settings.sync_problem(users)
 
 
 @asynccontextmanager
