@@ -9,8 +9,9 @@ the new ones too, and nothing is lost or counted twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from eventlog.db import Database
@@ -33,9 +34,8 @@ class RebuildReport:
     after_switch: int = 0
 
 
-def _read_new_lines(root: Path, ends: Ends, limit: int) -> list[Placed]:
-    """Lines past what `ends` records, advancing it; at most about `limit` lines."""
-    result: list[Placed] = []
+def _new_lines(root: Path, ends: Ends) -> Iterator[Placed]:
+    """Every line past what `ends` records, advancing it, in one walk over the files."""
     for device_id in device_ids(root):
         for day in device_days(root, device_id):
             start, lines = ends.get((device_id, day), (0, 0))
@@ -43,11 +43,8 @@ def _read_new_lines(root: Path, ends: Ends, limit: int) -> list[Placed]:
             if path.stat().st_size <= start:
                 continue
             for line in read_lines(path, start, lines + 1, day):
-                result.append(placed_line(line))
                 ends[(device_id, day)] = (line.end, line.line_no)
-                if len(result) >= limit:
-                    return result
-    return result
+                yield placed_line(line)
 
 
 async def _project(db: Database, statements: Statements, placed: list[Placed]) -> None:
@@ -59,12 +56,15 @@ async def _drain(db: Database, statements: Statements, root: Path, ends: Ends, p
     """Project everything the log holds past `ends`; returns the number of events."""
     total = 0
     loop = asyncio.get_running_loop()
-    while placed := await loop.run_in_executor(None, _read_new_lines, root, ends, 5000):
-        await _project(db, statements, placed)
-        total += len(placed)
-        if progress is not None:
-            progress(total)
-    return total
+    while True:  # walks again until one finds nothing: lines keep arriving while it runs
+        walk, before = _new_lines(root, ends), total
+        while placed := await loop.run_in_executor(None, list, islice(walk, 5000)):
+            await _project(db, statements, placed)
+            total += len(placed)
+            if progress is not None:
+                progress(total)
+        if total == before:
+            return total
 
 
 async def _switch(db: Database) -> None:
