@@ -27,10 +27,10 @@ from eventlog.files import device_days, log_path
 from eventlog.readings import (
     InvalidBody,
     Reading,
-    flag_bool,
+    cached_reading_time,
     parse_id,
     parse_platform_time,
-    reading_time,
+    push_reading,
     sync_readings,
 )
 
@@ -263,30 +263,14 @@ def _scan_push(topk: _TopK, point: LogPoint, body: dict[str, Any]) -> None:
     sent = parse_platform_time(body["time"], "time")
     dated: dict[Any, datetime] = {}
     for index, entry in enumerate(body["sensorsDates"]):
-        times = entry.get("times")
-        moment = dated.get(times)
-        if moment is None:
-            moment = dated[times] = reading_time(sent, times, index)
+        moment = cached_reading_time(sent, entry.get("times"), index, dated)
         if topk.floor is not None and moment < topk.floor:
             continue  # older than what every sensor already has
         sensor_id = entry["sensorsId"]
         if type(sensor_id) is not int:
             sensor_id = parse_id(sensor_id, "sensorsId")
         if topk.wants(sensor_id, moment):
-            topk.offer(point, _push_reading(entry, sensor_id, moment))
-
-
-def _push_reading(entry: dict[str, Any], sensor_id: int, moment: datetime) -> Reading:
-    times, value, raw = entry.get("times"), entry.get("value"), entry.get("reVal")
-    return Reading(
-        sensor_id=sensor_id,
-        recorded_at=moment,
-        sensor_timestamp=None if times is None else str(times),
-        value=None if value is None else str(value),
-        raw_value=None if raw is None else str(raw),
-        is_alarm=flag_bool(entry.get("isAlarm")),
-        is_line=flag_bool(entry.get("isLine")),
-    )
+            topk.offer(point, push_reading(entry, sensor_id, moment))
 
 
 # ---------------------------------------------------------------- raw events, newest first

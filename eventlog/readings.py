@@ -104,7 +104,8 @@ def reading_time(sent: datetime, times: Any, index: int) -> datetime:
     return moment - timedelta(days=1) if clock > sent.time() else moment
 
 
-def _reading_time(sent: datetime, times: Any, index: int, clocks: dict[Any, datetime]) -> datetime:
+def cached_reading_time(sent: datetime, times: Any, index: int, clocks: dict[Any, datetime]) -> datetime:
+    """`reading_time`, remembered in `clocks` per `times`: the samples of an upload mostly share one."""
     if isinstance(times, str) and times in clocks:
         return clocks[times]
     moment = reading_time(sent, times, index)
@@ -142,15 +143,16 @@ def _push_reading(entry: Any, index: int, sent: datetime, clocks: dict[Any, date
         raise InvalidBody(f"sensorsDates[{index}] must be an object")
     if "sensorsId" not in entry:
         raise InvalidBody(f"missing field sensorsDates[{index}].sensorsId")
+    sensor_id = _sensor_id(entry["sensorsId"], index)
+    return push_reading(entry, sensor_id, cached_reading_time(sent, entry.get("times"), index, clocks))
+
+
+def push_reading(entry: dict[str, Any], sensor_id: int, moment: datetime) -> Reading:
+    """A push entry's reading, with its sensor id and reading time already worked out."""
     return Reading(
-        sensor_id=_sensor_id(entry["sensorsId"], index),
-        recorded_at=_reading_time(sent, entry.get("times"), index, clocks),
-        sensor_timestamp=_text(entry.get("times")),
-        value=_text(entry.get("value")),
-        raw_value=_text(entry.get("reVal")),
-        is_alarm=flag_bool(entry.get("isAlarm")),
-        is_line=flag_bool(entry.get("isLine")),
-    )
+        sensor_id, moment, _text(entry.get("times")), _text(entry.get("value")), _text(entry.get("reVal")),
+        flag_bool(entry.get("isAlarm")), flag_bool(entry.get("isLine")),
+    )  # fmt: skip
 
 
 def sync_readings(body: dict[str, Any]) -> list[Reading]:
