@@ -99,11 +99,9 @@ class Database(ABC):
     async def close(self) -> None:
         """Release every connection."""
 
+    @abstractmethod
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         """A read outside any explicit transaction."""
-        async with self.transaction() as cur:
-            rows: list[Row] = await cur.fetchall(sql, params)
-        return rows
 
     async def write_batch(
         self, writes: Sequence[tuple[str, Sequence[Params]]], before_commit: Awaitable[object] | None = None
