@@ -123,12 +123,13 @@ async def _sync_once(settings: Settings, users: list[int] | None) -> SyncReport:
 def _print_report(report: SyncReport) -> None:
     for user in report.users:
         print(
-            f"user {user.user_id}: pages={user.pages} devices={user.devices} readings={user.readings}"
-            f" failures={user.failures}"
+            f"user {user.user_id}: pages={user.pages} devices={user.devices} unchanged={user.unchanged}"
+            f" readings={user.readings} failures={user.failures}"
         )
         for error in user.errors:
             print(f"  failed: {error}")
     print(
-        f"TLINK sync completed users={len(report.users)} devices={report.devices} readings={report.readings}"
-        f" failures={report.failures} seconds={report.seconds:.3f} outcome={report.outcome}"
+        f"TLINK sync completed users={len(report.users)} devices={report.devices} unchanged={report.unchanged}"
+        f" readings={report.readings} failures={report.failures} seconds={report.seconds:.3f}"
+        f" outcome={report.outcome}"
     )

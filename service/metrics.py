@@ -212,6 +212,11 @@ class StateCollector(Collector):
             value=stats.failures,
         )  # fmt: skip
         yield CounterMetricFamily(
+            "tlink_sync_devices_unchanged",
+            "Synced device objects identical to their device's newest sync event, so not appended again.",
+            value=stats.unchanged,
+        )
+        yield CounterMetricFamily(
             "tlink_sync_token_refreshes", "OAuth tokens obtained from TLINK, the first one included.",
             value=stats.token_refreshes,
         )  # fmt: skip

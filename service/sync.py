@@ -7,10 +7,19 @@ models learn names, units and numbers. A failure is logged, counted and recorded
 sync-failures file); it ends that user's walk but never the run, the next run or
 the service.
 
-"New readings" of a run are the (sensor, reading time) pairs of the synced devices
-that `sensor_readings` did not hold just before each device was appended. When the
-database cannot be asked, a reading counts as new when it is later than the newest
-one this process has seen for that sensor (an estimate, right after a restart too high).
+The log keeps information, not repetition: a device object identical to the body of
+the device's newest `sync` event (the same JSON value whatever the key order or
+spacing, eventlog.events.body_digest, and recorded for the same user) is not appended
+again; the run counts it as unchanged. That newest event comes from the device's log,
+read backward the first time the device is synced after start-up and then kept in
+memory (service.sync_state), so a restart does not log an unchanged device again.
+Only `sync` events count: a `push` or a `sync_failed` in between changes nothing.
+
+"New readings" of a run are the (sensor, reading time) pairs of the appended devices
+that `sensor_readings` did not hold for that device just before it was appended (an
+unchanged device brings none). When the database cannot be asked, a reading counts as
+new when it is later than the newest one this process has seen for that device's sensor
+(an estimate, right after a restart too high).
 """
 
 from __future__ import annotations
@@ -27,18 +36,20 @@ import aiohttp
 
 from eventlog.db import Database, DatabaseError, placeholders
 from eventlog.deadletter import RecordLog
-from eventlog.events import SYNC_FAILED, format_instant, utc_now
+from eventlog.events import SYNC_FAILED, body_digest, format_instant, utc_now
 from eventlog.readings import InvalidBody, Reading, parse_id, sync_readings
 from eventlog.retention import SYNC_FAILURES_DIR, sync_failures_path
 from projections.views import platform_time
 from service.config import Settings
 from service.ingest import Ingestor
+from service.sync_state import LastSync, LastSyncs
 from service.tlink_client import TlinkClient, TlinkClientConfig, TlinkError
 
 log = logging.getLogger("tlink.sync")
 
 OK, PARTIAL, FAILED = "ok", "partial", "failed"
-ReadingKey = tuple[int, datetime]
+ReadingKey = tuple[int, datetime]  # (sensor, reading time) of one device
+SensorKey = tuple[int, int]  # (device, sensor): two devices may report the same sensor id
 
 
 @dataclass(slots=True)
@@ -48,7 +59,8 @@ class UserReport:
     user_id: int
     pages: int = 0  # pages fetched
     devices: int = 0  # sync events appended
-    readings: int = 0  # new readings among them
+    unchanged: int = 0  # device objects identical to their device's newest sync event, not appended
+    readings: int = 0  # new readings among the appended devices
     failures: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -67,6 +79,11 @@ class SyncReport:
         return sum(u.devices for u in self.users)
 
     @property
+    def unchanged(self) -> int:
+        """Device objects not appended: identical to their device's newest sync event."""
+        return sum(u.unchanged for u in self.users)
+
+    @property
     def readings(self) -> int:
         """New readings."""
         return sum(u.readings for u in self.users)
@@ -78,10 +95,10 @@ class SyncReport:
 
     @property
     def outcome(self) -> str:
-        """ok: no failure; failed: failures and no device synced; partial: both."""
+        """ok: no failure; failed: failures and no device synced (appended or unchanged); partial: both."""
         if not self.failures:
             return OK
-        return PARTIAL if self.devices else FAILED
+        return PARTIAL if self.devices or self.unchanged else FAILED
 
 
 RunObserver = Callable[[SyncReport], None]
@@ -94,6 +111,7 @@ class SyncStats:
     runs: dict[str, int] = field(default_factory=lambda: {OK: 0, PARTIAL: 0, FAILED: 0})
     skipped_runs: int = 0  # scheduled runs dropped because one was still going
     devices: int = 0
+    unchanged: int = 0
     readings: int = 0
     failures: int = 0
     token_refreshes: int = 0  # tokens obtained, the first one included
@@ -112,6 +130,7 @@ class SyncStats:
         """Count a finished run and tell the observers."""
         self.runs[report.outcome] += 1
         self.devices += report.devices
+        self.unchanged += report.unchanged
         self.readings += report.readings
         self.failures += report.failures
         self.last_outcome = report.outcome
@@ -209,6 +228,7 @@ class TlinkSync:
         *,
         user_ids: Sequence[int],
         page_size: int,
+        last_syncs: LastSyncs | None = None,
     ) -> None:
         self.client = client
         self.ingestor = ingestor
@@ -217,7 +237,9 @@ class TlinkSync:
         self.stats = stats
         self.user_ids = list(user_ids)
         self.page_size = page_size
-        self._newest_seen: dict[int, datetime] = {}
+        store = ingestor.store
+        self.last_syncs = last_syncs if last_syncs is not None else LastSyncs(store.root, store.durable_end)
+        self._newest_seen: dict[SensorKey, datetime] = {}
 
     async def run(self, user_ids: Sequence[int] | None = None) -> SyncReport:
         """Sync every configured user (or `user_ids`), log the summary and count it."""
@@ -232,8 +254,8 @@ class TlinkSync:
         report.seconds = time.monotonic() - started
         self.stats.note_run(report)
         log.info(
-            "TLINK sync completed users=%d devices=%d readings=%d failures=%d seconds=%.3f",
-            len(report.users), report.devices, report.readings, report.failures, report.seconds,
+            "TLINK sync completed users=%d devices=%d unchanged=%d readings=%d failures=%d seconds=%.3f",
+            len(report.users), report.devices, report.unchanged, report.readings, report.failures, report.seconds,
             extra={"outcome": report.outcome},
         )  # fmt: skip
         return report
@@ -265,48 +287,65 @@ class TlinkSync:
             )
             return
         owner = owner_of(device, result.user_id)
+        sensors = len(device.get("sensorsList") or [])
         try:
             readings = sync_readings(device)
-            known = await self._known(readings)
+            last = LastSync(owner, body_digest(device))
+            if await self.last_syncs.get(device_id) == last:
+                self._saw(device_id, readings)
+                result.unchanged += 1
+                log.debug(
+                    "TLINK device unchanged",
+                    extra={"user": result.user_id, "device": device_id, "page": page, "sensors": sensors},
+                )
+                return
+            known = await self._known(device_id, readings)
             await self.ingestor.sync_device(owner, device, readings)
         except Exception as exc:
+            # The append may have happened (and the projection failed): read the log again next time.
+            self.last_syncs.forget(device_id)
             await self._fail(result, page, exc, device_id, owner=owner)
             return
+        self.last_syncs.appended(device_id, last.user_id, last.digest)
         new = sum(1 for r in readings if (r.sensor_id, r.recorded_at) not in known)
-        for reading in readings:
-            newest = self._newest_seen.get(reading.sensor_id)
-            if newest is None or reading.recorded_at > newest:
-                self._newest_seen[reading.sensor_id] = reading.recorded_at
+        self._saw(device_id, readings)
         result.devices += 1
         result.readings += new
-        sensors = device.get("sensorsList") or []
         log.info(
             "TLINK device synced",
-            extra={"user": result.user_id, "device": device_id, "page": page, "sensors": len(sensors), "readings": new},
+            extra={"user": result.user_id, "device": device_id, "page": page, "sensors": sensors, "readings": new},
         )
 
-    async def _known(self, readings: list[Reading]) -> set[ReadingKey]:
-        """Which of these readings are already known (see the module docstring)."""
+    def _saw(self, device_id: int, readings: list[Reading]) -> None:
+        """Keep the newest reading time of each of the device's sensors (the estimate when the database is down)."""
+        for reading in readings:
+            key = (device_id, reading.sensor_id)
+            newest = self._newest_seen.get(key)
+            if newest is None or reading.recorded_at > newest:
+                self._newest_seen[key] = reading.recorded_at
+
+    async def _known(self, device_id: int, readings: list[Reading]) -> set[ReadingKey]:
+        """Which of this device's readings are already known (see the module docstring)."""
         if not readings:
             return set()
         if self.db is not None and self.ingestor.projector.available:
             try:
-                return await self._stored(self.db, readings)
+                return await self._stored(self.db, device_id, readings)
             except DatabaseError as exc:
                 log.debug("new readings estimated, database unavailable: %s", exc)
         return {
             (r.sensor_id, r.recorded_at)
             for r in readings
-            if (newest := self._newest_seen.get(r.sensor_id)) is not None and r.recorded_at <= newest
+            if (newest := self._newest_seen.get((device_id, r.sensor_id))) is not None and r.recorded_at <= newest
         }
 
-    async def _stored(self, db: Database, readings: list[Reading]) -> set[ReadingKey]:
+    async def _stored(self, db: Database, device_id: int, readings: list[Reading]) -> set[ReadingKey]:
         sensors = sorted({r.sensor_id for r in readings})
         times = sorted({r.recorded_at for r in readings})
         rows = await db.fetchall(
-            f"SELECT sensor_id, recorded_at FROM sensor_readings WHERE sensor_id IN ({placeholders(len(sensors))})"
-            f" AND recorded_at IN ({placeholders(len(times))})",
-            [*sensors, *times],
+            "SELECT sensor_id, recorded_at FROM sensor_readings WHERE device_id = %s"
+            f" AND sensor_id IN ({placeholders(len(sensors))}) AND recorded_at IN ({placeholders(len(times))})",
+            [device_id, *sensors, *times],
         )
         return {(int(r[0]), when) for r in rows if (when := platform_time(r[1])) is not None}
 

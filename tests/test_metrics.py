@@ -46,6 +46,7 @@ EXPECTED = {
     "tlink_sync_runs_total": "counter",
     "tlink_sync_runs_skipped_total": "counter",
     "tlink_sync_failures_total": "counter",
+    "tlink_sync_devices_unchanged_total": "counter",
     "tlink_sync_token_refreshes_total": "counter",
     "tlink_sync_running": "gauge",
     "tlink_sync_duration_seconds": "histogram",
@@ -273,7 +274,7 @@ async def test_a_finished_sync_run_is_counted_timed_and_sized(app_client):
     client = await app_client()
     stats = client.server.app[SYNC_STATS]
     report = SyncReport(started_at=datetime.now(UTC), seconds=0.75)
-    report.users.append(UserReport(385, pages=2, devices=12, readings=30))
+    report.users.append(UserReport(385, pages=2, devices=12, unchanged=7, readings=30))
     report.users.append(UserReport(386, pages=1, devices=0, readings=0, failures=1))
     stats.note_token("password")
     stats.note_token("refresh_token")
@@ -284,6 +285,7 @@ async def test_a_finished_sync_run_is_counted_timed_and_sized(app_client):
     assert scraped("tlink_sync_runs_total", outcome="ok") == 0
     assert scraped("tlink_sync_runs_skipped_total") == 1
     assert scraped("tlink_sync_failures_total") == 1
+    assert scraped("tlink_sync_devices_unchanged_total") == 7
     assert scraped("tlink_sync_token_refreshes_total") == 2
     assert scraped("tlink_sync_duration_seconds_count") == 1
     assert scraped("tlink_sync_duration_seconds_sum") == 0.75

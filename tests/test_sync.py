@@ -189,10 +189,12 @@ async def test_three_pages_are_synced_into_log_and_read_models(app_client, fake,
         (USER, 3004, 3, 4, 3),
     ]  # fmt: skip
     [summary] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("TLINK sync completed")]
-    assert re.fullmatch(r"TLINK sync completed users=1 devices=5 readings=15 failures=0 seconds=\d+\.\d+", summary)
+    assert re.fullmatch(
+        r"TLINK sync completed users=1 devices=5 unchanged=0 readings=15 failures=0 seconds=\d+\.\d+", summary
+    )
 
 
-async def test_a_second_sync_appends_again_but_finds_no_new_reading(app_client, fake, log_root):
+async def test_a_second_identical_sync_appends_nothing_and_finds_no_new_reading(app_client, fake, log_root):
     _, app = await start_synced_app(app_client, fake)
     seen = []
     app[SYNC_STATS].observers.append(seen.append)
@@ -200,11 +202,12 @@ async def test_a_second_sync_appends_again_but_finds_no_new_reading(app_client, 
     report = await app[SYNC_JOB].run()
 
     assert seen == [report]
-    assert (report.devices, report.readings, report.failures, report.outcome) == (5, 0, 0, OK)
+    assert (report.devices, report.unchanged, report.readings, report.failures, report.outcome) == (0, 5, 0, 0, OK)
     assert [u.pages for u in report.users] == [3]
     assert await count(app, "SELECT COUNT(*) FROM sensor_readings") == READINGS_PER_SYNC
-    assert [len(log_events(log_root, d)) for d in DEVICES] == [2] * 5
+    assert [len(log_events(log_root, d)) for d in DEVICES] == [1] * 5  # tests/test_sync_unchanged.py: the rest
     assert app[SYNC_STATS].readings == READINGS_PER_SYNC
+    assert (app[SYNC_STATS].devices, app[SYNC_STATS].unchanged) == (5, 5)
 
 
 async def test_names_and_units_reach_the_latest_endpoint(app_client, fake):
@@ -469,8 +472,10 @@ async def test_sync_once_from_the_command_line(fake, database_url, log_root, tmp
     status, out, err = await run_cli(env, tmp_path, "sync", "--once")
 
     assert status == 0, err
-    assert "user 385: pages=3 devices=5 readings=15 failures=0" in out
-    assert re.search(r"TLINK sync completed users=1 devices=5 readings=15 failures=0 seconds=\S+ outcome=ok", out)
+    assert "user 385: pages=3 devices=5 unchanged=0 readings=15 failures=0" in out
+    assert re.search(
+        r"TLINK sync completed users=1 devices=5 unchanged=0 readings=15 failures=0 seconds=\S+ outcome=ok", out
+    )
     assert device_ids(log_root) == DEVICES
     db = await connect(database_url)
     try:
@@ -480,7 +485,7 @@ async def test_sync_once_from_the_command_line(fake, database_url, log_root, tmp
         await db.close()
 
     status, out, _ = await run_cli(env, tmp_path, "sync", "--once", "--user", "999")
-    assert status == 0 and "user 999: pages=1 devices=0 readings=0 failures=0" in out
+    assert status == 0 and "user 999: pages=1 devices=0 unchanged=0 readings=0 failures=0" in out
 
     fake.state.flag01 = True
     status, out, _ = await run_cli(env, tmp_path, "sync", "--once")
