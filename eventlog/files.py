@@ -11,7 +11,11 @@ from pathlib import Path
 from eventlog.events import EventLogError
 
 _FILE_RE = re.compile(r"^device(\d+)-(\d{4}-\d{2}-\d{2})\.log$")
+# Files start-up set aside next to a log file: `.torn` (bytes cut off a torn tail) and
+# `.foreign` (a whole file that is not of this log, with `.2`, `.3`... when taken).
+_SIDE_RE = re.compile(r"^device(\d+)-(\d{4}-\d{2}-\d{2})\.log\.(torn|foreign)(\.\d+)?$")
 READ_CHUNK = 1 << 20
+FIRST_LINE_LIMIT = 16 * READ_CHUNK  # looking for a first newline stops here
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,32 @@ def device_days(root: Path, device_id: int) -> list[str]:
         if match and int(match.group(1)) == device_id:
             days.append(match.group(2))
     return sorted(days)
+
+
+def side_files(root: Path, device_id: int) -> list[Path]:
+    """The `.torn` and `.foreign` files in a device's folder, by name (never read as log)."""
+    folder = device_dir(root, device_id)
+    if not folder.is_dir():
+        return []
+    found = []
+    for name in os.listdir(folder):
+        match = _SIDE_RE.match(name)
+        if match and int(match.group(1)) == device_id:
+            found.append(folder / name)
+    return sorted(found)
+
+
+def first_line(path: Path, limit: int = FIRST_LINE_LIMIT) -> tuple[bytes, bool] | None:
+    """(first line without its newline, True) of a file; (its first bytes, False) when no newline
+    comes within `limit` bytes; None for an empty file. Reads no further than it must."""
+    with open(path, "rb") as handle:
+        data = b""
+        while len(data) < limit and (chunk := handle.read(min(8192 if not data else READ_CHUNK, limit - len(data)))):
+            stop = chunk.find(b"\n")
+            if stop >= 0:
+                return data + chunk[:stop], True
+            data += chunk
+    return (data, False) if data else None
 
 
 def read_lines(path: Path, start: int = 0, line_no: int = 1, day: str = "") -> Iterator[LogLine]:

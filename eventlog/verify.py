@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eventlog.events import ZERO_HASH, BadLine, decode_line, line_hash
-from eventlog.files import device_days, device_ids, log_path, read_lines
+from eventlog.files import device_days, device_ids, first_line, log_path, read_lines, side_files
+from eventlog.foreign import FOREIGN_SUFFIX, describe_line, foreign_reason
+from eventlog.recovery import quarantine_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,9 @@ def verify(
     file before it (pruned by retention). With no such record (`recorded` None: no
     database; or a database rebuilt after pruning) it may begin anywhere, which is noted
     unless it begins at zeros.
+
+    Files start-up set aside (`.foreign`, `.torn`) are not part of any chain; each is
+    named in the notes.
     """
     report = Report()
     by_device: dict[int, list[tuple[str, RecordedFile]]] = {}
@@ -63,7 +68,7 @@ def verify(
     for (device_id, day), rec in sorted((recorded or {}).items()):
         path = log_path(root, device_id, day)
         if not rec.pruned and (device_id, day) not in listed:
-            report.failure = f"{path}: missing, but the database recorded {rec.line_count} lines"
+            report.failure = f"{path}: missing, but the database recorded {rec.line_count} lines" + _cut_hint(path)
             return report
     return report
 
@@ -80,6 +85,7 @@ def _verify_device(
     prev = None  # None: the oldest kept file may chain to a pruned one
     days = device_days(root, device_id)
     listed.update((device_id, day) for day in days)
+    report.notes.extend(_side_note(path) for path in side_files(root, device_id))
     for day in days:
         path = log_path(root, device_id, day)
         allowed = (prev,) if prev is not None else _anchor(device_records, day)
@@ -96,6 +102,8 @@ def _verify_device(
                 progress(report.lines)
         report.files += 1
         failure = _check_recorded(path, rec, count, at_recorded)
+        if failure is not None and (hint := _cut_hint(path)):
+            failure += hint
         if failure is not None:
             return failure
         if rec is not None and count > rec.line_count:
@@ -132,8 +140,8 @@ def _check_lines(
         end, line_no = line.end, line.line_no
         try:
             event, line_prev = decode_line(line.raw)
-        except BadLine as exc:
-            yield line.line_no, "", str(exc)
+        except BadLine:
+            yield line.line_no, "", _bad_line(line.raw, line.line_no, device_id, path)
             return
         if allowed is None and line_prev != ZERO_HASH:
             notes.append(
@@ -144,7 +152,8 @@ def _check_lines(
             yield line.line_no, "", "hash chain broken: prev does not match the line before (changed or removed)"
             return
         if event.device_id != device_id:
-            yield line.line_no, "", f"line belongs to device {event.device_id}"
+            hint = _foreign_hint(line.raw, line.line_no, device_id, path)
+            yield line.line_no, "", f"line belongs to device {event.device_id}{hint}"
             return
         digest = line_hash(line.raw)
         allowed = (digest,)
@@ -153,11 +162,44 @@ def _check_lines(
         yield line_no + 1, "", f"unterminated last line ({size - end} bytes without a newline)"
 
 
+def _bad_line(raw: bytes, line_no: int, device_id: int, path: Path) -> str:
+    return f"not a valid event line: {describe_line(raw)}" + _foreign_hint(raw, line_no, device_id, path)
+
+
+def _foreign_hint(raw: bytes, line_no: int, device_id: int, path: Path) -> str:
+    """For a first line that makes the file foreign: what start-up does with it."""
+    if line_no != 1 or foreign_reason(raw, device_id) is None:
+        return ""
+    return f"; this is not a log of this service: start-up moves it aside to {path.name}{FOREIGN_SUFFIX}"
+
+
+def _side_note(path: Path) -> str:
+    """A note naming a file start-up set aside, and what it holds."""
+    log_name = path.name[: path.name.index(".log") + 4]
+    size = path.stat().st_size
+    if path.name.startswith(quarantine_path(Path(log_name)).name):
+        return f"{path}: {size} bytes start-up cut off {log_name} as a torn tail; not part of the log"
+    first = first_line(path)
+    what = "it is empty" if first is None else f"it begins with {describe_line(first[0])}"
+    return f"{path}: a foreign file ({size} bytes) start-up moved aside from {log_name}; not part of the log: {what}"
+
+
+def _cut_hint(path: Path) -> str:
+    """Where what is missing of a file may be: the files start-up set aside next to it."""
+    torn, foreign = quarantine_path(path), path.with_name(path.name + FOREIGN_SUFFIX)
+    if torn.exists():
+        return f" ({torn.name} holds what start-up cut off this file as a torn tail)"
+    if foreign.exists():
+        return f" ({foreign.name} is a file of that name start-up moved aside as foreign)"
+    return ""
+
+
 def _check_recorded(path: Path, rec: RecordedFile | None, count: int, at_recorded: str | None) -> str | None:
     if rec is None:
         return None
     if count < rec.line_count:
-        return f"{path}: has {count} lines but {rec.line_count} were recorded: lines were cut off the end"
+        gone = f"line {count + 1} is" if count + 1 == rec.line_count else f"lines {count + 1} to {rec.line_count} are"
+        return f"{path}: has {count} lines but the database recorded {rec.line_count}: {gone} missing (cut off the end)"
     if at_recorded != rec.last_hash:
         return f"{path}:{rec.line_count}: line does not match the hash recorded in the database"
     return None

@@ -29,7 +29,7 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     store = LogStore(settings.SYNC_LOG_DIR, on_flush=app[metrics.METRICS].observe_flush)
     for repair in await store.open():
         log.warning(
-            "torn log tail moved aside",
+            repair.message,
             extra={"file": str(repair.path), "quarantine": str(repair.quarantine), "bytes": repair.moved_bytes},
         )
     recorder = SqlRecorder(db, auto_schema=settings.AUTO_APPLY_SCHEMA)
