@@ -1,8 +1,9 @@
 """What a push body or a synced device object says: ids and sensor readings.
 
 Push bodies are checked here (`parse_push`) before they are logged, so every logged
-push can be read back without errors; sync bodies come from the vendor's REST API and
-are read leniently.
+push can be read back without errors and every value it gives a read-model column fits
+that column (the limits below); sync bodies come from the vendor's REST API and are read
+leniently, cut to the same limits.
 """
 
 from __future__ import annotations
@@ -15,9 +16,30 @@ from typing import Any, NamedTuple
 
 from eventlog.events import PUSH, SYNC, Event, EventLogError
 
+# ---------------------------------------------------------------- limits
+# What a push may carry into the read models. parse_push checks every value that reaches
+# a column against these before the body is logged (a value that does not fit is an
+# InvalidBody: a 400 and a dead-letter entry), so the projector can write every logged
+# push. The SQL schemas size their columns to hold them, and the lenient reading of
+# sync answers cuts its text to them. Lengths are in characters (code points), as
+# MariaDB counts them for utf8mb4; a character takes at most 4 bytes.
+
+MIN_YEAR = 1000  # dates (`time`, every reading time, a sync's updateDate): years MIN_YEAR..MAX_YEAR,
+MAX_YEAR = 9999  # what a DATETIME holds and what reads back from SQLite's four-digit text dates
+MAX_ID = 2**63 - 1  # deviceId, deviceUserid, sensorsId: 1..MAX_ID (BIGINT)
+MAX_SENSOR_TYPE_ID = 2**63 - 1  # sensorsTypeId: MIN_SENSOR_TYPE_ID..MAX_SENSOR_TYPE_ID (BIGINT)
+MIN_SENSOR_TYPE_ID = -MAX_SENSOR_TYPE_ID  # symmetric: -2**63 is left out, as the projections read it
+MAX_PARENT_USER_ID_CHARS = 64  # parentUserId's text (users/devices.parent_user_id VARCHAR(64))
+MAX_FLAG_CHARS = 16  # flag's text (devices.last_flag VARCHAR(16))
+MAX_UNIT_CHARS = 64  # a sample's unit (sensors.unit VARCHAR(64))
+MAX_VALUE_CHARS = 1024  # a sample's value and reVal (TEXT: 65,535 bytes hold 1024 characters of 4 bytes)
+
 _TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}$")
 _CLOCK_RE = re.compile(r"^\d{2}:\d{2}:\d{2}$")
-MAX_ID = 2**63 - 1
+_INTEGER_TEXT_RE = re.compile(r"-?[0-9]+")
+_INTEGER_TEXT_MAX = len(str(MIN_SENSOR_TYPE_ID))  # "-9223372036854775807": 20 characters
+_FIRST_DAY_WITH_A_DAY_BEFORE = datetime(MIN_YEAR, 1, 2)  # a reading time dated the day before must be on or after it
+_ONE_DAY = timedelta(days=1)
 
 
 class InvalidBody(EventLogError):
@@ -55,7 +77,10 @@ def parse_id(value: Any, name: str) -> int:
     if isinstance(value, bool):
         raise InvalidBody(f"{name} must be an integer, got {value!r}")
     if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
+        try:
+            value = int(value.strip())
+        except ValueError:  # digits int() does not read ("²"), or more of them than it reads
+            raise InvalidBody(f"{name} must be an integer, got {_shown(value)}") from None
     if not isinstance(value, int):
         raise InvalidBody(f"{name} must be an integer, got {value!r}")
     if not 0 < value <= MAX_ID:
@@ -67,10 +92,11 @@ def parse_platform_time(text: Any, name: str = "time") -> datetime:
     """A TLINK 'YYYY-MM-DD HH:MM:SS' time ('T' accepted), no zone."""
     if not isinstance(text, str) or not _TIME_RE.match(text):
         raise InvalidBody(f"{name} must be 'YYYY-MM-DD HH:MM:SS', got {text!r}")
+    year = int(text[0:4])
+    if not MIN_YEAR <= year <= MAX_YEAR:
+        raise InvalidBody(f"{name} must have a year from {MIN_YEAR} to {MAX_YEAR}, got {text!r}")
     try:  # slicing is some twenty times faster than strptime, which matters per reading
-        return datetime(
-            int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]), int(text[14:16]), int(text[17:19])
-        )
+        return datetime(year, int(text[5:7]), int(text[8:10]), int(text[11:13]), int(text[14:16]), int(text[17:19]))
     except ValueError as exc:
         raise InvalidBody(f"{name} is not a valid date and time: {text!r}") from exc
 
@@ -90,6 +116,54 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _shown(value: Any) -> str:
+    """A value for an error message: a long string by its length only (messages go to the dead-letter log)."""
+    if isinstance(value, str) and len(value) > 40:
+        return f"a string of {len(value)} characters"
+    return repr(value)
+
+
+_JSON_KIND = {dict: "an object", list: "an array", bool: "a boolean", float: "a number", int: "an integer"}
+
+
+def _checked_text(value: Any, name: str, limit: int, numbers: tuple[type, ...] = (int, float)) -> str | None:
+    """Absent/null, or a string or a number (of the `numbers` types; never a boolean) whose
+    text is at most `limit` characters: that text. InvalidBody names `name` and the limit."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = str(value)
+    elif isinstance(value, numbers) and not isinstance(value, bool):
+        try:
+            text = str(value)
+        except ValueError:  # an integer of more digits than Python writes out
+            raise InvalidBody(f"{name} must be at most {limit} characters, got a longer number") from None
+    else:
+        kinds = "a string or an integer" if float not in numbers else "a string or a number"
+        raise InvalidBody(f"{name} must be {kinds}, got {_JSON_KIND.get(type(value), type(value).__name__)}")
+    if len(text) > limit:
+        raise InvalidBody(f"{name} must be at most {limit} characters, got {len(text)}")
+    return text
+
+
+def _check_sensor_type_id(value: Any, index: int) -> None:
+    """sensorsDates[index].sensorsTypeId: absent/null/"", or an integer from MIN_SENSOR_TYPE_ID to
+    MAX_SENSOR_TYPE_ID, as a JSON number or a string of ASCII digits with an optional leading minus."""
+    if value is None or value == "":
+        return
+    if isinstance(value, str) and len(value) <= _INTEGER_TEXT_MAX and _INTEGER_TEXT_RE.fullmatch(value):
+        number = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        number = None
+    if number is None or not MIN_SENSOR_TYPE_ID <= number <= MAX_SENSOR_TYPE_ID:
+        raise InvalidBody(
+            f"sensorsDates[{index}].sensorsTypeId must be an integer from {MIN_SENSOR_TYPE_ID} to {MAX_SENSOR_TYPE_ID}"
+            f" (a number, or a string of digits with an optional '-'), got {_shown(value)}"
+        )
+
+
 def reading_time(sent: datetime, times: Any, index: int) -> datetime:
     """Date of `time` plus clock `times`; a clock later than `time`'s belongs to the day before."""
     if times is None or times == "":
@@ -101,7 +175,14 @@ def reading_time(sent: datetime, times: Any, index: int) -> datetime:
     except ValueError as exc:
         raise InvalidBody(f"sensorsDates[{index}].times is not a valid time: {times!r}") from exc
     moment = datetime.combine(sent.date(), clock)
-    return moment - timedelta(days=1) if clock > sent.time() else moment
+    if clock <= sent.time():
+        return moment
+    if moment < _FIRST_DAY_WITH_A_DAY_BEFORE:  # the day before would be before MIN_YEAR (or before datetime.min)
+        raise InvalidBody(
+            f"sensorsDates[{index}].times {times!r} is later than the clock of time, so the reading is of the day"
+            f" before {sent.date().isoformat()}: reading times must have a year from {MIN_YEAR} to {MAX_YEAR}"
+        )
+    return moment - _ONE_DAY
 
 
 def cached_reading_time(sent: datetime, times: Any, index: int, clocks: dict[Any, datetime]) -> datetime:
@@ -127,6 +208,12 @@ def parse_push(body: Any) -> ParsedPush:
     if not isinstance(entries, list):
         raise InvalidBody("sensorsDates must be a list")
     sent = parse_platform_time(body.get("time"), "time")
+    parent = body.get("parentUserId")
+    if parent is not None and (type(parent) is not str or len(parent) > MAX_PARENT_USER_ID_CHARS):
+        _checked_text(parent, "parentUserId", MAX_PARENT_USER_ID_CHARS, (int,))
+    flag = body.get("flag")
+    if flag is not None and (type(flag) is not str or len(flag) > MAX_FLAG_CHARS):
+        _checked_text(flag, "flag", MAX_FLAG_CHARS, (int,))
     clocks: dict[Any, datetime] = {}  # the samples of one upload mostly share one `times`
     readings = [_push_reading(entry, i, sent, clocks) for i, entry in enumerate(entries)]
     return ParsedPush(device_id=device_id, user_id=user_id, sent=sent, readings=readings)
@@ -144,7 +231,26 @@ def _push_reading(entry: Any, index: int, sent: datetime, clocks: dict[Any, date
     if "sensorsId" not in entry:
         raise InvalidBody(f"missing field sensorsDates[{index}].sensorsId")
     sensor_id = _sensor_id(entry["sensorsId"], index)
-    return push_reading(entry, sensor_id, cached_reading_time(sent, entry.get("times"), index, clocks))
+    # Every check starts with a test the common value passes at once; the name of the
+    # field in an error message is only built when a value needs a closer look.
+    type_id = entry.get("sensorsTypeId")
+    if type(type_id) is not int or not MIN_SENSOR_TYPE_ID <= type_id <= MAX_SENSOR_TYPE_ID:
+        _check_sensor_type_id(type_id, index)
+    unit = entry.get("unit")
+    if unit is not None and (type(unit) is not str or len(unit) > MAX_UNIT_CHARS):
+        _checked_text(unit, f"sensorsDates[{index}].unit", MAX_UNIT_CHARS)
+    value = entry.get("value")
+    if value is not None and (type(value) is not str or len(value) > MAX_VALUE_CHARS):
+        value = _checked_text(value, f"sensorsDates[{index}].value", MAX_VALUE_CHARS)
+    raw = entry.get("reVal")
+    if raw is not None and (type(raw) is not str or len(raw) > MAX_VALUE_CHARS):
+        raw = _checked_text(raw, f"sensorsDates[{index}].reVal", MAX_VALUE_CHARS)
+    times = entry.get("times")
+    moment = cached_reading_time(sent, times, index, clocks)
+    # What push_reading makes, from the values checked above: `times` is None or a string here.
+    return Reading(
+        sensor_id, moment, _text(times), value, raw, flag_bool(entry.get("isAlarm")), flag_bool(entry.get("isLine"))
+    )
 
 
 def push_reading(entry: dict[str, Any], sensor_id: int, moment: datetime) -> Reading:
@@ -156,7 +262,12 @@ def push_reading(entry: dict[str, Any], sensor_id: int, moment: datetime) -> Rea
 
 
 def sync_readings(body: dict[str, Any]) -> list[Reading]:
-    """Readings of a synced device object: one per sensor that has ever reported."""
+    """Readings of a synced device object: one per sensor that has ever reported.
+
+    Read leniently: a sensor without a usable `updateDate` (none, not a platform time, a
+    year outside MIN_YEAR..MAX_YEAR) gives no reading, and a `value` is cut to
+    MAX_VALUE_CHARS characters.
+    """
     readings = []
     for sensor in body.get("sensorsList") or []:
         if not isinstance(sensor, dict) or not sensor.get("updateDate"):
@@ -167,15 +278,20 @@ def sync_readings(body: dict[str, Any]) -> list[Reading]:
                     sensor_id=parse_id(sensor.get("id"), "id"),
                     recorded_at=parse_platform_time(sensor["updateDate"], "updateDate"),
                     sensor_timestamp=str(sensor["updateDate"]),
-                    value=_text(sensor.get("value")),
+                    value=_cut(sensor.get("value"), MAX_VALUE_CHARS),
                     raw_value=None,
                     is_alarm=flag_bool(sensor.get("isAlarms")) or False,
                     is_line=flag_bool(sensor.get("isLine")),
                 )
             )
         except InvalidBody:
-            continue  # a vendor record we cannot date is metadata only
+            continue  # a vendor record we cannot date (or date within MIN_YEAR..MAX_YEAR) is metadata only
     return readings
+
+
+def _cut(value: Any, limit: int) -> str | None:
+    """Lenient text: cut to `limit` characters."""
+    return None if value is None else str(value)[:limit]
 
 
 # Readings of recently parsed events by event id: the webhook parses a push to check it,

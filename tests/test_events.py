@@ -121,3 +121,59 @@ def test_sync_readings_skip_sensors_that_never_reported():
 
 def test_format_instant_has_milliseconds_and_z():
     assert format_instant(datetime(2026, 1, 1, tzinfo=UTC)) == "2026-01-01T00:00:00.000Z"
+
+
+@pytest.mark.parametrize(
+    ("top", "entry", "message"),
+    [
+        ({}, {"sensorsTypeId": 2**63}, r"sensorsDates\[2\].sensorsTypeId must be an integer from -9223372036854775807"),
+        ({}, {"sensorsTypeId": "-9223372036854775808"}, r"sensorsDates\[2\].sensorsTypeId"),
+        ({}, {"sensorsTypeId": " 5"}, r"sensorsDates\[2\].sensorsTypeId"),
+        ({}, {"sensorsTypeId": False}, r"sensorsDates\[2\].sensorsTypeId"),
+        ({}, {"sensorsTypeId": "0" * 21}, r"sensorsDates\[2\].sensorsTypeId .* got '0{21}'"),
+        ({}, {"value": "x" * 1025}, r"sensorsDates\[2\].value must be at most 1024 characters, got 1025"),
+        ({}, {"reVal": True}, r"sensorsDates\[2\].reVal must be a string or a number, got a boolean"),
+        ({}, {"unit": "u" * 65}, r"sensorsDates\[2\].unit must be at most 64 characters"),
+        ({}, {"unit": {}}, r"sensorsDates\[2\].unit must be a string or a number, got an object"),
+        ({}, {"sensorsId": "\u00b2"}, r"sensorsDates\[2\].sensorsId must be an integer"),
+        ({}, {"sensorsId": "1" * 5000}, r"sensorsDates\[2\].sensorsId must be an integer, got a string of 5000"),
+        ({"parentUserId": "p" * 65}, {}, "parentUserId must be at most 64 characters"),
+        ({"parentUserId": 2.5}, {}, "parentUserId must be a string or an integer, got a number"),
+        ({"flag": "f" * 17}, {}, "flag must be at most 16 characters"),
+        ({"flag": ["00"]}, {}, "flag must be a string or an integer, got an array"),
+        ({"time": "0999-06-01 10:00:00"}, {}, "time must have a year from 1000 to 9999"),
+        ({"time": "0000-01-01 00:00:00"}, {}, "time must have a year from 1000 to 9999"),
+        ({"time": "1000-01-01 14:16:20"}, {}, r"sensorsDates\[0\].times '14:16:21' is later .* year from 1000"),
+    ],
+)
+def test_values_that_do_not_fit_their_columns_are_invalid(top, entry, message):
+    body = _push(**top)
+    body["sensorsDates"][2].update(entry)
+    with pytest.raises(InvalidBody, match=message):
+        parse_push(body)
+
+
+def test_values_at_the_limits_are_accepted_as_text():
+    body = _push(parentUserId="p" * 64, flag=1, time="1000-01-02 00:00:00")
+    body["sensorsDates"][0].update(times="00:00:01", sensorsTypeId=-(2**63 - 1), value="v" * 1024, reVal=2.5)
+    body["sensorsDates"][1].update(times="00:00:00", sensorsTypeId="3000000000", unit="u" * 64, value=None)
+    first, second, _ = parse_push(body).readings
+    assert first.recorded_at == datetime(1000, 1, 1, 0, 0, 1) and (first.value, first.raw_value) == ("v" * 1024, "2.5")
+    assert second.recorded_at == datetime(1000, 1, 2) and second.value is None
+
+
+def test_a_day_before_the_first_day_is_invalid_not_an_overflow():
+    from eventlog.readings import reading_time
+
+    with pytest.raises(InvalidBody, match=r"sensorsDates\[3\].times"):
+        reading_time(datetime(1, 1, 1), "00:00:01", 3)
+
+
+def test_sync_readings_cut_values_and_skip_years_a_column_cannot_hold():
+    sensors = [
+        {"id": 1, "updateDate": "0999-12-31 23:59:59", "value": "1"},
+        {"id": 2, "updateDate": "2026-11-27 09:15:00", "value": "v" * 5000},
+        {"id": 3, "updateDate": "1000-01-01 00:00:00", "value": 7},
+    ]
+    readings = sync_readings({"sensorsList": sensors})
+    assert [(r.sensor_id, r.value) for r in readings] == [(2, "v" * 1024), (3, "7")]
