@@ -17,8 +17,8 @@ import pytest
 from eventlog.files import device_days, device_ids, log_path
 from eventlog.verify import verify
 from ops.bench_common import free_port
+from ops.private_mariadb import query
 from tests.conftest import fixture_bytes, mysql_database_url
-from tests.private_mariadb import query
 
 pytestmark = [pytest.mark.mysql, pytest.mark.slow]
 

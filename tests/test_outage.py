@@ -9,11 +9,11 @@ import orjson
 import pytest
 
 from eventlog.files import device_days, log_path
+from ops.private_mariadb import PrivateMariaDB, available
 from service.app import create_app
 from service.config import load_settings
 from service.keys import PROJECTOR
 from tests.conftest import fixture_bytes
-from tests.private_mariadb import PrivateMariaDB, available
 
 pytestmark = [pytest.mark.mysql, pytest.mark.slow, pytest.mark.skipif(not available(), reason="no mariadbd")]
 

@@ -1,4 +1,4 @@
-"""A private MariaDB server that a test can start, kill and start again (for outage tests)."""
+"""A private MariaDB server that a test or a crash run can start, kill and start again (outages)."""
 
 from __future__ import annotations
 
