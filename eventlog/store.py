@@ -5,12 +5,25 @@ takes everything queued, chains and encodes the lines in queue order, writes eac
 touched file once, fdatasyncs the touched files in parallel threads, and only then
 resolves the futures. So an append returns only when its line is on disk, and many
 concurrent appends share one flush.
+
+"On disk" means in the file at the log path. A descriptor keeps writing to its inode
+after the file at its path was replaced (`sed -i` writes a new file and renames it
+over the old one) or removed, and such lines are in no file anyone will read. So after
+the fdatasync every written file is stat'ed by path and compared with the descriptor's
+device, inode and expected size. When they differ, nothing of that device in the batch
+is acknowledged: if the file now at the path holds exactly the bytes the chain had
+before the batch (a copy, an edit that changed nothing), the lines are written again
+to it and acknowledged; otherwise the device's appends are refused (LogUnavailable,
+answered 503) until a restart reads its chain head from the files again, rather than
+continuing a chain whose earlier lines are not what was acknowledged. Other devices of
+the batch are acknowledged normally.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable
@@ -32,9 +45,14 @@ from eventlog.events import (
 from eventlog.files import device_days, device_dir, device_ids, fsync_dir, last_line_and_size, log_path
 from eventlog.recovery import Repair, repair_all
 
+log = logging.getLogger("tlink.eventlog")
+
+COMPARE_CHUNK = 1 << 20
+
 
 class LogUnavailable(EventLogError):
-    """The log could not be written; nothing of the failed batch is on disk."""
+    """The log could not be written: the appends failed with it are not acknowledged, and nothing of
+    them is left at the log path (unless someone else changed the file in place)."""
 
 
 class LogLocked(EventLogError):
@@ -89,11 +107,48 @@ class _Pending:
 
 
 @dataclass(slots=True)
+class _Open:
+    """An open log file: our descriptor, its path, and the identity of the file we opened."""
+
+    fd: int
+    path: str
+    dev: int
+    ino: int
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """The lines of one flush for one file, and where in the file they go."""
+
+    device_id: int
+    day: str
+    start: int  # the file's size before these lines
+    lines: list[bytes] = field(default_factory=list)
+    data: bytes = b""
+    file: _Open | None = None
+    changed_in_place: bool = False  # someone else wrote to the file: what of it is ours is not known
+    off_path: bool = False  # `file` is no longer at the path (replaced or removed)
+
+    @property
+    def end(self) -> int:
+        """The file's size once these lines are in it."""
+        return self.start + len(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class _Mismatch:
+    """How the file at a log path differs from the one our descriptor wrote to."""
+
+    kind: str  # "gone" (nothing there), "replaced" (another inode), "resized" (same inode, changed in place)
+    detail: str
+
+
+@dataclass(slots=True)
 class _Batch:
     """Lines of one flush, grouped by file."""
 
     items: list[tuple[_Pending, Appended]] = field(default_factory=list)
-    buffers: dict[tuple[int, str], list[bytes]] = field(default_factory=dict)
+    buffers: dict[tuple[int, str], _Chunk] = field(default_factory=dict)
     before: dict[int, _Head] = field(default_factory=dict)
     new_files: list[Path] = field(default_factory=list)
 
@@ -119,7 +174,8 @@ class LogStore:
         self._clock = clock
         self._heads: dict[int, _Head] = {}
         self._durable: dict[int, tuple[str | None, int]] = {}
-        self._fds: OrderedDict[tuple[int, str], int] = OrderedDict()
+        self._fds: OrderedDict[tuple[int, str], _Open] = OrderedDict()
+        self._refused: dict[int, str] = {}  # device -> why its appends are refused (until a restart)
         self._max_open = max_open_files
         self._queue: list[_Pending] = []
         self._wakeup = asyncio.Event()
@@ -147,8 +203,8 @@ class LogStore:
         self._wakeup.set()
         if self._task is not None:
             await self._task
-        for fd in self._fds.values():
-            os.close(fd)
+        for file in self._fds.values():
+            os.close(file.fd)
         self._fds.clear()
         self._pool.shutdown(wait=True)
         self._helpers.shutdown(wait=True)
@@ -169,6 +225,8 @@ class LogStore:
         """Append one event; returns once its line is durable (LogUnavailable otherwise)."""
         if self._closing or self._task is None:
             raise LogUnavailable("the event log is not open")
+        if event.device_id in self._refused:
+            raise self._refusal(event.device_id)
         future: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(event, future))
         self._wakeup.set()
@@ -183,6 +241,14 @@ class LogStore:
     def devices(self) -> list[int]:
         """Devices with a folder under the root."""
         return device_ids(self.root)
+
+    @property
+    def refused(self) -> dict[int, str]:
+        """Devices whose appends are refused until a restart, and why."""
+        return dict(self._refused)
+
+    def _refusal(self, device_id: int) -> LogUnavailable:
+        return LogUnavailable(f"appends of device {device_id} are refused until a restart: {self._refused[device_id]}")
 
     async def _flusher(self) -> None:
         while True:
@@ -199,12 +265,18 @@ class LogStore:
         durable: asyncio.Future[None] | None = None
         try:
             for item in pending:
+                if item.event.device_id in self._refused:  # queued before its device was refused
+                    if not item.future.done():
+                        item.future.set_exception(self._refusal(item.event.device_id))
+                    continue
                 self._stage(batch, item)
+            if not batch.items:
+                return
             if self.on_staged is not None:
                 durable = asyncio.get_running_loop().create_future()
                 self.on_staged([appended for _, appended in batch.items], durable)
             started = asyncio.get_running_loop().time()
-            await self._write_and_sync(batch)
+            refused = await self._write_and_sync(batch)
             elapsed = asyncio.get_running_loop().time() - started
         except Exception as exc:  # disk full, I/O error: the whole batch fails, heads roll back
             self._roll_back(batch)
@@ -215,15 +287,36 @@ class LogStore:
                 if not item.future.done():
                     item.future.set_exception(error)
             return
-        if durable is not None:
-            durable.set_result(None)
+        for device_id, reason in refused.items():
+            self._heads[device_id] = batch.before[device_id]
+            self._refused[device_id] = reason
+            log.error(
+                "event log of device %s: %s. The %d line(s) of this flush for the device are not acknowledged "
+                "and its appends are refused (503) until a restart reads its chain from the files again. Live log "
+                "files must never be edited in place: put the file back as it was (or check it with "
+                "`tlink-push verify`), then restart.",
+                device_id,
+                reason,
+                sum(1 for _, a in batch.items if a.event.device_id == device_id),
+            )
+        if durable is not None:  # a projection batch holding refused lines must not commit
+            if refused:
+                durable.set_exception(LogUnavailable(f"appends of devices {sorted(refused)} were refused"))
+            else:
+                durable.set_result(None)
+        lines = size = 0
         for item, appended in batch.items:
-            self._durable[appended.event.device_id] = (appended.day, appended.end)
+            device_id = appended.event.device_id
+            if device_id in refused:
+                if not item.future.done():
+                    item.future.set_exception(self._refusal(device_id))
+                continue
+            self._durable[device_id] = (appended.day, appended.end)
+            lines, size = lines + 1, size + appended.length
             if not item.future.done():
                 item.future.set_result(appended)
-        if self._on_flush is not None:
-            size = sum(a.length for _, a in batch.items)
-            self._on_flush(len(batch.items), size, elapsed)
+        if self._on_flush is not None and lines:
+            self._on_flush(lines, size, elapsed)
 
     def _stage(self, batch: _Batch, item: _Pending) -> None:
         event = item.event
@@ -238,40 +331,149 @@ class LogStore:
         line = encode_line(event, head.last_hash)
         digest = line_hash(line)
         appended = Appended(event, head.day, head.size, len(line) + 1, digest, head.last_hash)
-        batch.buffers.setdefault((event.device_id, head.day), []).append(line + b"\n")
+        chunk = batch.buffers.get((event.device_id, head.day))
+        if chunk is None:
+            chunk = batch.buffers[(event.device_id, head.day)] = _Chunk(event.device_id, head.day, head.size)
+        chunk.lines.append(line + b"\n")
         batch.items.append((item, appended))
         head.size += len(line) + 1
         head.last_hash = digest
 
-    async def _write_and_sync(self, batch: _Batch) -> None:
-        fds = []
+    async def _write_and_sync(self, batch: _Batch) -> dict[int, str]:
+        """Write, fdatasync and check every file of the batch; returns the devices refused, and why."""
+        chunks = []
         dirs: set[Path] = set()
-        for (device_id, day), lines in batch.buffers.items():
-            fd = self._fd(device_id, day, dirs)
-            data = b"".join(lines)
-            if os.write(fd, data) != len(data):
+        for (device_id, day), chunk in batch.buffers.items():
+            chunk.file = self._fd(device_id, day, dirs)
+            chunk.data = b"".join(chunk.lines)
+            if os.write(chunk.file.fd, chunk.data) != len(chunk.data):
                 raise OSError("short write")
-            fds.append(fd)
+            chunks.append(chunk)
         dirs.update(p.parent for p in batch.new_files)
         # Files synced in parallel cost a fraction of one after another, but every hop
         # between the event loop and a thread costs the loop CPU: one thread takes the
         # whole flush and hands shares of it to helper threads.
-        shares = [fds[i :: self._sync_threads] for i in range(min(self._sync_threads, len(fds)))]
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._sync_shares, shares, sorted(dirs))
+        shares = [chunks[i :: self._sync_threads] for i in range(min(self._sync_threads, len(chunks)))]
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(self._pool, self._sync_shares, shares, sorted(dirs))
+        refused = await loop.run_in_executor(self._pool, self._settle, batch, found) if found else {}
         if batch.new_files or len(self._fds) > self._max_open:
             self._close_stale(set(batch.buffers))
+        return refused
 
-    def _sync_shares(self, shares: list[list[int]], dirs: list[Path]) -> None:
-        """In a pool thread: fdatasync every share of the files in parallel, then the new files' folders."""
-        helpers = [self._helpers.submit(_sync_all, share) for share in shares[1:]]
+    def _sync_shares(self, shares: list[list[_Chunk]], dirs: list[Path]) -> list[tuple[_Chunk, _Mismatch]]:
+        """In a pool thread: fdatasync and check every share of the files in parallel, then sync the
+        new files' folders; returns the files no longer at their path."""
+        helpers = [self._helpers.submit(_sync_and_check, share) for share in shares[1:]]
+        found: list[tuple[_Chunk, _Mismatch]] = []
         try:
             if shares:
-                _sync_all(shares[0])
+                found += _sync_and_check(shares[0])
         finally:
             for helper in helpers:
-                helper.result()  # waits for every share even when one failed; raises the first error
+                found += helper.result()  # waits for every share even when one failed; raises the first error
         for folder in dirs:
             fsync_dir(folder)
+        return found
+
+    def _settle(self, batch: _Batch, found: list[tuple[_Chunk, _Mismatch]]) -> dict[int, str]:
+        """In the pool thread: for each device with a file no longer at its path, write the lines again
+        to the file now there if it holds exactly the log so far; otherwise refuse the device."""
+        by_device: dict[int, list[tuple[_Chunk, _Mismatch]]] = {}
+        for chunk, mismatch in found:
+            by_device.setdefault(chunk.device_id, []).append((chunk, mismatch))
+        refused: dict[int, str] = {}
+        for device_id, problems in by_device.items():
+            try:
+                reason = self._write_again(problems)
+            except OSError as exc:
+                paths = ", ".join(_path_of(c) for c, _ in problems)
+                reason = f"{paths} was replaced, and writing the lines again to it failed: {exc}"
+            if reason is not None:
+                kept = self._drop_device(device_id, [c for c in batch.buffers.values() if c.device_id == device_id])
+                refused[device_id] = "; ".join([reason, *kept])
+        return refused
+
+    def _write_again(self, problems: list[tuple[_Chunk, _Mismatch]]) -> str | None:
+        """Take over the files now at the paths and write the batch's lines to them again, if each
+        holds exactly the bytes of the old one before the batch; None once done, else why not."""
+        for chunk, mismatch in problems:
+            chunk.changed_in_place = mismatch.kind == "resized"
+            chunk.off_path = mismatch.kind != "resized"
+        for chunk, mismatch in problems:
+            if mismatch.kind != "replaced":
+                return f"{_path_of(chunk)} {mismatch.detail}"
+        adopted: list[tuple[_Chunk, _Open]] = []
+        reason: str | None = "the replacement could not be read"
+        try:
+            for chunk, _ in problems:
+                reason = self._adopt(chunk, adopted)
+                if reason is not None:
+                    return reason
+        finally:
+            if reason is not None:
+                for _, fresh in adopted:
+                    os.close(fresh.fd)
+        for chunk, fresh in adopted:  # from here on the new files are ours; the old inodes are let go
+            assert chunk.file is not None
+            _cut(chunk.file, chunk.start, chunk.end)  # our unacknowledged bytes off the old inode
+            os.close(chunk.file.fd)
+            chunk.file = self._fds[(chunk.device_id, chunk.day)] = fresh
+            chunk.off_path = False
+        for chunk, fresh in adopted:
+            if os.write(fresh.fd, chunk.data) != len(chunk.data):
+                raise OSError("short write")
+            os.fdatasync(fresh.fd)
+        for folder in {os.path.dirname(fresh.path) for _, fresh in adopted}:
+            fsync_dir(Path(folder))  # the rename that put the new file there must survive a crash too
+        for chunk, _ in adopted:
+            if (again := _mismatch(chunk)) is not None:
+                chunk.changed_in_place, chunk.off_path = again.kind == "resized", again.kind != "resized"
+                return f"{_path_of(chunk)} was replaced behind the service, then {again.detail} as well"
+        for chunk, _ in adopted:
+            log.warning(
+                "event log file %s was replaced behind the service by an identical copy; the %d line(s) of this "
+                "flush went to the old file and were written again to the new one (never edit live log files)",
+                _path_of(chunk),
+                len(chunk.lines),
+            )
+        return None
+
+    @staticmethod
+    def _adopt(chunk: _Chunk, adopted: list[tuple[_Chunk, _Open]]) -> str | None:
+        """Open the file now at the chunk's path (added to `adopted`); None if it holds exactly the
+        bytes the old file had before this flush, else how it differs."""
+        assert chunk.file is not None
+        path = chunk.file.path
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND)  # never created: a file that went is a refusal
+        except OSError as exc:
+            return f"{path} was replaced behind the service, then could not be opened: {exc.strerror}"
+        try:
+            stat = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        adopted.append((chunk, _Open(fd, path, stat.st_dev, stat.st_ino)))
+        difference = _difference(chunk.file.fd, fd, chunk.start, stat.st_size)
+        if difference is not None:
+            return f"{path} was replaced behind the service by a file that is not the log as written: {difference}"
+        return None
+
+    def _drop_device(self, device_id: int, chunks: list[_Chunk]) -> list[str]:
+        """A refused device: keep what was acknowledged of files no longer at their path, take the
+        batch's bytes off the files we wrote them to, close its files; returns what was kept where."""
+        kept = []
+        for chunk in chunks:
+            if chunk.file is None:
+                continue
+            if chunk.off_path:
+                kept.append(_keep_old(chunk.file, chunk.start))
+            if not chunk.changed_in_place:
+                _cut(chunk.file, chunk.start, chunk.end)
+        for key in [k for k in self._fds if k[0] == device_id]:
+            os.close(self._fds.pop(key).fd)
+        return kept
 
     def _roll_back(self, batch: _Batch) -> None:
         """Cut anything of the failed batch off the files and restore the chain heads."""
@@ -284,29 +486,38 @@ class LogStore:
             self._heads[device_id] = before
 
     def _truncate(self, device_id: int, day: str, size: int) -> None:
-        fd = self._fds.get((device_id, day))
+        """Cut a file back to `size`, only through our own descriptor: a file we hold none of (a path
+        that could not be opened, or a file put at the path behind our back) is not ours to change."""
+        file = self._fds.get((device_id, day))
+        if file is None:
+            return
         try:
-            if fd is not None:
-                os.ftruncate(fd, size)
-            elif size == 0:
-                log_path(self.root, device_id, day).unlink(missing_ok=True)
+            if os.fstat(file.fd).st_size > size:
+                os.ftruncate(file.fd, size)
         except OSError:
             pass  # recovery at the next start cuts a torn tail anyway
 
-    def _fd(self, device_id: int, day: str, new_dirs: set[Path]) -> int:
-        """The open descriptor of a file (opened, and its folder made, if need be)."""
+    def _fd(self, device_id: int, day: str, new_dirs: set[Path]) -> _Open:
+        """The open file (opened, and its folder made, if need be)."""
         key = (device_id, day)
-        fd = self._fds.get(key)
-        if fd is not None:
+        file = self._fds.get(key)
+        if file is not None:
             self._fds.move_to_end(key)
-            return fd
+            return file
         folder = device_dir(self.root, device_id)
         if not folder.is_dir():
             folder.mkdir(parents=True, exist_ok=True)
             new_dirs.add(self.root)  # the new folder's entry is synced with the batch
-        fd = os.open(log_path(self.root, device_id, day), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._fds[key] = fd
-        return fd
+        path = str(log_path(self.root, device_id, day))
+        # Read-write, so that a replacement can be compared with what we wrote.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            stat = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        file = self._fds[key] = _Open(fd, path, stat.st_dev, stat.st_ino)
+        return file
 
     def _close_stale(self, in_use: set[tuple[int, str]]) -> None:
         """After a flush: close passed days' files (never written again) and the least used beyond the cap."""
@@ -315,9 +526,9 @@ class LogStore:
             if day > newest.get(device_id, ""):
                 newest[device_id] = day
         for key in [k for k in self._fds if k[1] < newest[k[0]] and k not in in_use]:
-            os.close(self._fds.pop(key))
+            os.close(self._fds.pop(key).fd)
         for key in [k for k in self._fds if k not in in_use][: max(0, len(self._fds) - self._max_open)]:
-            os.close(self._fds.pop(key))
+            os.close(self._fds.pop(key).fd)
 
     def _load_head(self, device_id: int) -> _Head:
         head = self._heads.get(device_id)
@@ -328,9 +539,95 @@ class LogStore:
         return head
 
 
-def _sync_all(fds: list[int]) -> None:
-    for fd in fds:
-        os.fdatasync(fd)
+def _path_of(chunk: _Chunk) -> str:
+    assert chunk.file is not None
+    return chunk.file.path
+
+
+def _sync_and_check(chunks: list[_Chunk]) -> list[tuple[_Chunk, _Mismatch]]:
+    """fdatasync the files, then check each is still the file at its path (one stat each)."""
+    for chunk in chunks:
+        assert chunk.file is not None
+        os.fdatasync(chunk.file.fd)
+    return [(chunk, mismatch) for chunk in chunks if (mismatch := _mismatch(chunk)) is not None]
+
+
+def _mismatch(chunk: _Chunk) -> _Mismatch | None:
+    """How the file at the chunk's path is not the one its descriptor wrote to, if it is not."""
+    file = chunk.file
+    assert file is not None
+    try:
+        stat = os.stat(file.path)
+    except FileNotFoundError:
+        return _Mismatch("gone", "was removed behind the service")
+    except OSError as exc:
+        return _Mismatch("gone", f"cannot be checked: {exc.strerror}")
+    if stat.st_ino != file.ino or stat.st_dev != file.dev:
+        return _Mismatch("replaced", "was replaced behind the service")
+    if stat.st_size != chunk.end:
+        return _Mismatch("resized", f"was changed in place: {stat.st_size} bytes where the log has {chunk.end}")
+    return None
+
+
+def _difference(old_fd: int, new_fd: int, size: int, new_size: int) -> str | None:
+    """How the new file differs from the first `size` bytes of the old one (None: not at all)."""
+    if new_size < size:
+        return f"{new_size} bytes where {size} were acknowledged (acknowledged lines are missing)"
+    if new_size > size:
+        return f"{new_size} bytes where the log had {size}"
+    at = 0
+    while at < size:
+        step = min(COMPARE_CHUNK, size - at)
+        old, new = os.pread(old_fd, step, at), os.pread(new_fd, step, at)
+        if old != new:
+            same = min(len(old), len(new))
+            differs = next((i for i, (x, y) in enumerate(zip(old, new, strict=False)) if x != y), same)
+            return f"its bytes differ from byte {at + differs} on"
+        if len(old) < step:
+            return "it changed while it was compared"
+        at += step
+    return None
+
+
+def _keep_old(file: _Open, size: int) -> str:
+    """Copy the first `size` bytes (the acknowledged log) of a file no longer at its path next to the
+    path, before our descriptor, perhaps the last link to it, is closed; says where (or why not)."""
+    if size == 0:
+        return "nothing of the old file had been acknowledged"
+    try:
+        if os.fstat(file.fd).st_nlink > 0:
+            return "the old file still exists under another name"
+        for n in range(100):
+            target = f"{file.path}.replaced" + (f".{n}" if n else "")
+            try:
+                out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                continue
+            try:
+                at = 0
+                while at < size:
+                    chunk = os.pread(file.fd, min(COMPARE_CHUNK, size - at), at)
+                    if not chunk:
+                        break
+                    at += os.write(out, chunk)
+                os.fsync(out)
+            finally:
+                os.close(out)
+            fsync_dir(Path(target).parent)
+            return f"the log as it was acknowledged ({at} bytes) is kept in {target}"
+        return "no name was free to keep the old file's content"
+    except OSError as exc:
+        return f"the old file's content could not be kept: {exc}"
+
+
+def _cut(file: _Open, start: int, end: int) -> None:
+    """Take one flush's bytes [start, end) off a file we wrote them to, through our own descriptor,
+    when its size shows nothing but them was added."""
+    try:
+        if start < os.fstat(file.fd).st_size <= end:
+            os.ftruncate(file.fd, start)
+    except OSError:
+        pass
 
 
 def _read_head(root: Path, device_id: int) -> _Head:
