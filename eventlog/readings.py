@@ -219,6 +219,33 @@ def parse_push(body: Any) -> ParsedPush:
     return ParsedPush(device_id=device_id, user_id=user_id, sent=sent, readings=readings)
 
 
+def read_logged_push(body: Any) -> ParsedPush:
+    """A logged push read leniently: ids and times must hold, texts are cut to their limits.
+
+    For pushes logged before a limit of `parse_push` existed; InvalidBody when the body
+    cannot be read at all.
+    """
+    if not isinstance(body, dict) or not isinstance(body.get("sensorsDates"), list):
+        raise InvalidBody("body must be a JSON object with a sensorsDates list")
+    device_id = parse_id(body.get("deviceId"), "deviceId")
+    user_id = parse_id(body.get("deviceUserid"), "deviceUserid")
+    sent = parse_platform_time(body.get("time"), "time")
+    readings = []
+    for index, entry in enumerate(body["sensorsDates"]):
+        if not isinstance(entry, dict):
+            raise InvalidBody(f"sensorsDates[{index}] must be an object")
+        sensor_id = _sensor_id(entry.get("sensorsId"), index)
+        times = entry.get("times")
+        readings.append(
+            Reading(
+                sensor_id, reading_time(sent, times, index), _text(times), _cut(entry.get("value"), MAX_VALUE_CHARS),
+                _cut(entry.get("reVal"), MAX_VALUE_CHARS), flag_bool(entry.get("isAlarm")),
+                flag_bool(entry.get("isLine")),
+            )
+        )  # fmt: skip
+    return ParsedPush(device_id=device_id, user_id=user_id, sent=sent, readings=readings)
+
+
 def _sensor_id(value: Any, index: int) -> int:
     if type(value) is int and 0 < value <= MAX_ID:
         return value  # the common case, without building the error message's name
@@ -323,7 +350,10 @@ def parsed_of(event: Event) -> Parsed:
     if known is not None:
         return known
     if event.type == PUSH:
-        parsed = parse_push(event.body)
+        try:
+            parsed = parse_push(event.body)
+        except InvalidBody:  # logged before a limit was added: read it as it was accepted then
+            parsed = read_logged_push(event.body)
         return Parsed(parsed.readings, None, parsed.sent)
     if event.type == SYNC:
         return Parsed(sync_readings(event.body))

@@ -7,6 +7,7 @@ is also written in SQL (projections.sql_recorder); the contract tests hold them 
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -20,6 +21,7 @@ from eventlog.files import LogLine
 from eventlog.readings import MAX_ID, InvalidBody, Reading, flag_bool, parse_platform_time, parsed_of
 
 BLOCK_LINES = 64
+_INTEGER = re.compile(r"-?[0-9]+")
 _USER_NAMESPACE = uuid.UUID("6f1f3c1e-8d55-4c41-9a63-1f3e2b7a9c00")
 
 
@@ -56,6 +58,7 @@ def placed_line(line: LogLine) -> Placed:
 class UserRow:
     tlink_user_id: int
     parent_user_id: str | None
+    parent_event_id: str | None  # the event that said parent_user_id (None: none said one)
     updated_at: datetime
 
 
@@ -63,6 +66,7 @@ class UserRow:
 class DevicePushRow:
     device_id: int
     tlink_user_id: int
+    event_id: str  # the owner (tlink_user_id) is that of the device's greatest event id
     parent_user_id: str | None
     last_flag: str | None
     last_push_time: datetime | None
@@ -73,6 +77,7 @@ class DevicePushRow:
 class DeviceMetaRow:
     device_id: int
     tlink_user_id: int
+    event_id: str
     device_name: str | None
     device_no: str | None
     group_id: int | None
@@ -124,6 +129,10 @@ class FileRow:
     last_hash: str
 
 
+SensorKey = tuple[int, int]  # (device_id, sensor_id): two devices may report the same sensor id
+ReadingKey = tuple[int, int, datetime]  # (device_id, sensor_id, recorded_at)
+
+
 @dataclass(slots=True)
 class Changes:
     """Rows one batch writes, already merged by the rules below."""
@@ -132,9 +141,9 @@ class Changes:
     users: dict[int, UserRow] = field(default_factory=dict)
     device_pushes: dict[int, DevicePushRow] = field(default_factory=dict)
     device_meta: dict[int, DeviceMetaRow] = field(default_factory=dict)
-    sensor_latest: dict[int, SensorLatestRow] = field(default_factory=dict)
-    sensor_meta: dict[int, SensorMetaRow] = field(default_factory=dict)
-    readings: dict[tuple[int, datetime], tuple[int, Reading, str]] = field(default_factory=dict)
+    sensor_latest: dict[SensorKey, SensorLatestRow] = field(default_factory=dict)
+    sensor_meta: dict[SensorKey, SensorMetaRow] = field(default_factory=dict)
+    readings: dict[ReadingKey, tuple[int, Reading, str]] = field(default_factory=dict)  # -> (device, reading, event)
     blocks: dict[tuple[int, str, int], BlockRow] = field(default_factory=dict)
     files: dict[tuple[int, str], FileRow] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)  # push event id -> body digest (duplicate detection)
@@ -144,12 +153,16 @@ class Changes:
 
 
 def merge_user(old: UserRow | None, new: UserRow) -> UserRow:
+    """Events of several devices meet here, in any order: the parent said by the greatest
+    event id wins, and `updated_at` is the newest receipt."""
     if old is None:
         return new
-    newer, older = (new, old) if new.updated_at >= old.updated_at else (old, new)
-    if newer.parent_user_id is not None or older.parent_user_id is None:
-        return newer
-    return replace(newer, parent_user_id=older.parent_user_id)
+    said = new if _later_id(new.parent_event_id, old.parent_event_id) else old
+    return UserRow(new.tlink_user_id, said.parent_user_id, said.parent_event_id, max(old.updated_at, new.updated_at))
+
+
+def _later_id(new: str | None, old: str | None) -> bool:
+    return new is not None and (old is None or new > old)
 
 
 def merge_device_push(old: DevicePushRow | None, new: DevicePushRow) -> DevicePushRow:
@@ -178,7 +191,16 @@ def merge_sensor_latest(old: SensorLatestRow | None, new: SensorLatestRow) -> Se
 
 
 def merge_sensor_meta(old: SensorMetaRow | None, new: SensorMetaRow) -> SensorMetaRow:
-    return new if old is None or new.meta_updated_at >= old.meta_updated_at else old
+    """The newest sync wins; a type or unit it leaves out stays as it was."""
+    if old is None:
+        return new
+    newer, older = (new, old) if new.meta_updated_at >= old.meta_updated_at else (old, new)
+    if (newer.sensor_type_id is not None or older.sensor_type_id is None) and (
+        newer.unit is not None or older.unit is None
+    ):
+        return newer
+    type_id = older.sensor_type_id if newer.sensor_type_id is None else newer.sensor_type_id
+    return replace(newer, sensor_type_id=type_id, unit=newer.unit if newer.unit is not None else older.unit)
 
 
 def merge_block(old: BlockRow | None, new: BlockRow) -> BlockRow:
@@ -241,7 +263,7 @@ def _add_event(changes: Changes, spans: dict[tuple[int, str, int], list[Any]], p
     elif event.type == SYNC:
         _put(changes.device_meta, event.device_id, _device_meta_row(event), merge_device_meta)
         for meta in _sensor_meta_rows(event):
-            _put(changes.sensor_meta, meta.sensor_id, meta, merge_sensor_meta)
+            _put(changes.sensor_meta, (meta.device_id, meta.sensor_id), meta, merge_sensor_meta)
         for reading in readings:
             _add_reading(changes, event, reading, None, None)
     block_no = (placed.line_no - 1) // BLOCK_LINES
@@ -259,15 +281,15 @@ def _add_event(changes: Changes, spans: dict[tuple[int, str, int], list[Any]], p
 
 
 def _add_reading(changes: Changes, event: Event, reading: Reading, type_id: int | None, unit: Any) -> None:
-    key = (reading.sensor_id, reading.recorded_at)
+    key = (event.device_id, reading.sensor_id, reading.recorded_at)
     changes.readings.setdefault(key, (event.device_id, reading, event.id))
     row = SensorLatestRow(reading.sensor_id, event.device_id, type_id, _short(unit, 64), reading)
-    _put(changes.sensor_latest, reading.sensor_id, row, merge_sensor_latest)
+    _put(changes.sensor_latest, (event.device_id, reading.sensor_id), row, merge_sensor_latest)
 
 
 def _user_row(event: Event) -> UserRow:
-    parent = event.body.get("parentUserId") if event.type == PUSH else None
-    return UserRow(event.user_id, _short(parent, 64), event.received_at)
+    parent = _short(event.body.get("parentUserId"), 64) if event.type == PUSH else None
+    return UserRow(event.user_id, parent, None if parent is None else event.id, event.received_at)
 
 
 def _device_push_row(event: Event, sent: datetime | None) -> DevicePushRow:
@@ -280,6 +302,7 @@ def _device_push_row(event: Event, sent: datetime | None) -> DevicePushRow:
     return DevicePushRow(
         device_id=event.device_id,
         tlink_user_id=event.user_id,
+        event_id=event.id,
         parent_user_id=_short(body.get("parentUserId"), 64),
         last_flag=_short(body.get("flag"), 16),
         last_push_time=sent,
@@ -292,6 +315,7 @@ def _device_meta_row(event: Event) -> DeviceMetaRow:
     return DeviceMetaRow(
         device_id=event.device_id,
         tlink_user_id=event.user_id,
+        event_id=event.id,
         device_name=_short(body.get("deviceName"), 255),
         device_no=_short(body.get("deviceNo"), 128),
         group_id=_int_or_none(body.get("groupId")),
@@ -328,8 +352,8 @@ def _int_or_none(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value if abs(value) <= MAX_ID else None
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        number = int(value.strip())
+    if isinstance(value, str) and len(value) <= 20 and _INTEGER.fullmatch(value):
+        number = int(value)
         return number if abs(number) <= MAX_ID else None
     return None
 

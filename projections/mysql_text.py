@@ -50,7 +50,8 @@ def mysql_literals(changes: Changes) -> dict[str, Literals]:
         for p in changes.events
     )
     device_push = Literals(
-        f"({d.device_id},{quote(user_uuid(d.tlink_user_id))},{d.tlink_user_id},{text(d.parent_user_id)},"
+        f"({d.device_id},{quote(user_uuid(d.tlink_user_id))},{d.tlink_user_id},{quote(d.event_id)},"
+        f"{text(d.parent_user_id)},"
         f"{text(d.last_flag)},{when(d.last_push_time)},{when(d.last_event_at)})"
         for d in changes.device_pushes.values()
     )

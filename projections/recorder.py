@@ -20,6 +20,8 @@ from projections.changes import (
     DeviceMetaRow,
     DevicePushRow,
     FileRow,
+    ReadingKey,
+    SensorKey,
     SensorLatestRow,
     SensorMetaRow,
     UserRow,
@@ -87,9 +89,9 @@ class MemoryRecorder(Recorder):
         self.users: dict[int, UserRow] = {}
         self.device_pushes: dict[int, DevicePushRow] = {}
         self.device_meta: dict[int, DeviceMetaRow] = {}
-        self.sensor_latest: dict[int, SensorLatestRow] = {}
-        self.sensor_meta: dict[int, SensorMetaRow] = {}
-        self.readings: dict[tuple[int, datetime], tuple[int, Reading, str]] = {}
+        self.sensor_latest: dict[SensorKey, SensorLatestRow] = {}
+        self.sensor_meta: dict[SensorKey, SensorMetaRow] = {}
+        self.readings: dict[ReadingKey, tuple[int, Reading, str]] = {}
         self.blocks: dict[tuple[int, str, int], BlockRow] = {}
         self.files: dict[tuple[int, str], FileRow] = {}
         self.available = True

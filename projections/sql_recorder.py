@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
@@ -11,8 +12,10 @@ from eventlog.db import Database, placeholders
 from projections.changes import Changes, event_row_body, user_uuid
 from projections.mysql_text import mysql_literals
 from projections.recorder import Position, Recorder
-from projections.schema import apply_schema, drop_all
+from projections.schema import apply_schema, create_tables, drop_all, schema_outdated, schema_script
 from projections.views import platform_time
+
+log = logging.getLogger("tlink.projector")
 
 _NEW = re.compile(r"\bnew\.(\w+)")
 _OLD = re.compile(r"\bold\.(\w+)")
@@ -70,13 +73,13 @@ EVENT_COLUMNS = (
     "event_id", "type", "device_id", "user_id", "received_at", "log_day",
     "line_no", "byte_offset", "body_hash", "line_hash", "body",
 )  # fmt: skip
-USER_COLUMNS = ("id", "tlink_user_id", "parent_user_id", "updated_at")
+USER_COLUMNS = ("id", "tlink_user_id", "parent_user_id", "parent_event_id", "updated_at")
+OWNER_COLUMNS = ("user_id", "tlink_user_id", "owner_event_id")  # of the device's greatest event id
 PUSH_COLUMNS = (
-    "device_id", "user_id", "tlink_user_id", "parent_user_id", "last_flag", "last_push_time", "last_event_at",
+    "device_id", *OWNER_COLUMNS, "parent_user_id", "last_flag", "last_push_time", "last_event_at",
 )  # fmt: skip
 META_COLUMNS = (
-    "device_id", "user_id", "tlink_user_id", "device_name", "device_no",
-    "group_id", "lat", "lng", "is_line", "meta_updated_at",
+    "device_id", *OWNER_COLUMNS, "device_name", "device_no", "group_id", "lat", "lng", "is_line", "meta_updated_at",
 )  # fmt: skip
 LATEST_COLUMNS = (
     "sensor_id", "device_id", "sensor_type_id", "unit", "latest_value", "latest_raw_value",
@@ -102,31 +105,36 @@ class Statements:
             return name + suffix
 
         self.events = insert_ignore(kind, "events", EVENT_COLUMNS)
+        # Facts several devices touch are decided by the greatest event id, whatever the order.
         user_sets = {
-            "parent_user_id": f"CASE WHEN {newer('updated_at')} THEN COALESCE(new.parent_user_id, old.parent_user_id)"
-            " ELSE COALESCE(old.parent_user_id, new.parent_user_id) END",
-            **when(newer("updated_at"), ["updated_at"]),
+            **when(newer("parent_event_id", strict=True), ["parent_user_id", "parent_event_id"]),
+            "updated_at": least("updated_at", ">"),
         }
         self.users = upsert(kind, t("users"), USER_COLUMNS, ["tlink_user_id"], user_sets)
+        owner_sets = when(newer("owner_event_id", strict=True), OWNER_COLUMNS)
         push_sets = {
+            **owner_sets,
             "last_push_time": least("last_push_time", ">"),
-            **when(newer("last_event_at"), [c for c in PUSH_COLUMNS[1:] if c != "last_push_time"]),
+            **when(newer("last_event_at"), ["parent_user_id", "last_flag", "last_event_at"]),
         }
         self.device_push = upsert(kind, t("devices"), PUSH_COLUMNS, ["device_id"], push_sets)
-        self.device_meta = upsert(
-            kind, t("devices"), META_COLUMNS, ["device_id"], when(newer("meta_updated_at"), META_COLUMNS[1:])
-        )
+        meta_sets = {**owner_sets, **when(newer("meta_updated_at"), META_COLUMNS[len(OWNER_COLUMNS) + 1 :])}
+        self.device_meta = upsert(kind, t("devices"), META_COLUMNS, ["device_id"], meta_sets)
+        # Type and unit: the newest sync's when it gives them, else the first push's.
         latest_sets = {
-            "device_id": "new.device_id",
             "sensor_type_id": "COALESCE(old.sensor_type_id, new.sensor_type_id)",
             "unit": "COALESCE(old.unit, new.unit)",
             **when(newer("latest_recorded_at", strict=True), LATEST_COLUMNS[4:]),
         }
-        self.sensor_latest = upsert(kind, t("sensors"), LATEST_COLUMNS, ["sensor_id"], latest_sets)
-        self.sensor_meta = upsert(
-            kind, t("sensors"), SENSOR_META_COLUMNS, ["sensor_id"],
-            when(newer("meta_updated_at"), SENSOR_META_COLUMNS[1:]),
-        )  # fmt: skip
+        sensor_key = ["device_id", "sensor_id"]
+        self.sensor_latest = upsert(kind, t("sensors"), LATEST_COLUMNS, sensor_key, latest_sets)
+        meta_newer = newer("meta_updated_at")
+        sensor_meta_sets = {
+            **{c: f"CASE WHEN {meta_newer} THEN COALESCE(new.{c}, old.{c}) ELSE old.{c} END"
+               for c in ("sensor_type_id", "unit")},
+            **when(meta_newer, ["sensor_name", "ordernum", "meta_updated_at"]),
+        }  # fmt: skip
+        self.sensor_meta = upsert(kind, t("sensors"), SENSOR_META_COLUMNS, sensor_key, sensor_meta_sets)
         self.readings = insert_ignore(kind, t("sensor_readings"), READING_COLUMNS)
         block_sets = {
             "start_offset": least("start_offset"),
@@ -163,11 +171,11 @@ ROW_BUILDERS: dict[str, Callable[[Changes], Rows]] = {
         (f.device_id, f.day, f.line_count, f.byte_count, f.last_hash) for f in changes.files.values()
     ],
     "device_meta": lambda changes: [
-        (m.device_id, user_uuid(m.tlink_user_id), m.tlink_user_id, m.device_name, m.device_no,
+        (m.device_id, user_uuid(m.tlink_user_id), m.tlink_user_id, m.event_id, m.device_name, m.device_no,
          m.group_id, m.lat, m.lng, _flag(m.is_line), m.meta_updated_at) for m in changes.device_meta.values()
     ],
     "device_push": lambda changes: [
-        (p.device_id, user_uuid(p.tlink_user_id), p.tlink_user_id, p.parent_user_id,
+        (p.device_id, user_uuid(p.tlink_user_id), p.tlink_user_id, p.event_id, p.parent_user_id,
          p.last_flag, p.last_push_time, p.last_event_at) for p in changes.device_pushes.values()
     ],
     "sensor_meta": lambda changes: [
@@ -184,7 +192,7 @@ ROW_BUILDERS: dict[str, Callable[[Changes], Rows]] = {
          _flag(r.is_alarm), _flag(r.is_line), event_id) for device_id, r, event_id in changes.readings.values()
     ],
     "users": lambda changes: [
-        (user_uuid(u.tlink_user_id), u.tlink_user_id, u.parent_user_id, u.updated_at)
+        (user_uuid(u.tlink_user_id), u.tlink_user_id, u.parent_user_id, u.parent_event_id, u.updated_at)
         for u in changes.users.values()
     ],
 }  # fmt: skip
@@ -223,7 +231,11 @@ class SqlRecorder(Recorder):
 
     async def positions(self) -> dict[int, Position]:
         if self._auto_schema:  # first contact with the database: make sure the tables exist
-            await apply_schema(self.db)
+            if await schema_outdated(self.db):
+                log.warning("the database holds tables of an older schema: rebuilding them from the log files")
+                await self.reset()
+            else:
+                await apply_schema(self.db)
             self._auto_schema = False
         rows = await self.db.fetchall(
             "SELECT f.device_id, f.log_day, f.line_count, f.byte_count, f.last_hash FROM log_files f"
@@ -262,9 +274,9 @@ class SqlRecorder(Recorder):
         Retention deleted those files, so the log cannot tell their last hashes again;
         without them `verify` could not check the oldest remaining file's first link.
         """
-        await apply_schema(self.db)
+        await self.db.execute_script(schema_script(self.db.kind))  # log_files exists, in whichever version
         columns = (*FILE_COLUMNS, "pruned")
         pruned = await self.db.fetchall(f"SELECT {', '.join(columns)} FROM log_files WHERE pruned = 1")
         await drop_all(self.db)
-        await apply_schema(self.db)
+        await create_tables(self.db)
         await self.db.write_batch([(insert_ignore(self.db.kind, "log_files", columns), pruned)])

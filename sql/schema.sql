@@ -50,10 +50,13 @@ CREATE TABLE IF NOT EXISTS log_blocks (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
 -- Read models.
+-- Facts that several devices' logs can touch (a user's parentUserId, a device's owner)
+-- are decided by the greatest (time-ordered) event id, never by processing order.
 CREATE TABLE IF NOT EXISTS users (
   id CHAR(36) NOT NULL PRIMARY KEY,
   tlink_user_id BIGINT NOT NULL,
   parent_user_id VARCHAR(64) NULL,
+  parent_event_id CHAR(36) CHARACTER SET ascii NULL,
   updated_at DATETIME(3) NULL,
   UNIQUE KEY uq_users_tlink (tlink_user_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
@@ -62,6 +65,7 @@ CREATE TABLE IF NOT EXISTS devices (
   device_id BIGINT NOT NULL PRIMARY KEY,
   user_id CHAR(36) NOT NULL,
   tlink_user_id BIGINT NOT NULL,
+  owner_event_id CHAR(36) CHARACTER SET ascii NULL,
   parent_user_id VARCHAR(64) NULL,
   device_name VARCHAR(255) NULL,
   device_no VARCHAR(128) NULL,
@@ -76,13 +80,15 @@ CREATE TABLE IF NOT EXISTS devices (
   KEY ix_devices_user (tlink_user_id, device_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
+-- A sensor is (device_id, sensor_id) and a reading (device_id, sensor_id, recorded_at):
+-- two devices may report the same sensor id.
 CREATE TABLE IF NOT EXISTS sensors (
-  sensor_id BIGINT NOT NULL PRIMARY KEY,
   device_id BIGINT NOT NULL,
+  sensor_id BIGINT NOT NULL,
   sensor_name VARCHAR(255) NULL,
-  sensor_type_id INT NULL,
+  sensor_type_id BIGINT NULL,
   unit VARCHAR(64) NULL,
-  ordernum INT NULL,
+  ordernum BIGINT NULL,
   latest_value TEXT NULL,
   latest_raw_value TEXT NULL,
   latest_recorded_at DATETIME NULL,
@@ -90,18 +96,26 @@ CREATE TABLE IF NOT EXISTS sensors (
   is_alarm TINYINT NULL,
   is_line TINYINT NULL,
   meta_updated_at DATETIME(3) NULL,
-  KEY ix_sensors_device (device_id, sensor_id)
+  PRIMARY KEY (device_id, sensor_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 CREATE TABLE IF NOT EXISTS sensor_readings (
+  device_id BIGINT NOT NULL,
   sensor_id BIGINT NOT NULL,
   recorded_at DATETIME NOT NULL,
-  device_id BIGINT NOT NULL,
   sensor_timestamp VARCHAR(32) NULL,
   value TEXT NULL,
   raw_value TEXT NULL,
   is_alarm TINYINT NULL,
   is_line TINYINT NULL,
   event_id CHAR(36) NOT NULL,
-  PRIMARY KEY (sensor_id, recorded_at)
+  PRIMARY KEY (device_id, sensor_id, recorded_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- The version of the tables above. A database made by an older version (other keys or
+-- columns) is emptied and rebuilt from the log files at start-up (AUTO_APPLY_SCHEMA=true)
+-- or by `tlink-push replay`.
+CREATE TABLE IF NOT EXISTS schema_info (
+  name VARCHAR(32) NOT NULL PRIMARY KEY,
+  version INT NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS users (
   id TEXT NOT NULL PRIMARY KEY,
   tlink_user_id INTEGER NOT NULL UNIQUE,
   parent_user_id TEXT NULL,
+  parent_event_id TEXT NULL,
   updated_at TEXT NULL
 );
 
@@ -49,6 +50,7 @@ CREATE TABLE IF NOT EXISTS devices (
   device_id INTEGER NOT NULL PRIMARY KEY,
   user_id TEXT NOT NULL,
   tlink_user_id INTEGER NOT NULL,
+  owner_event_id TEXT NULL,
   parent_user_id TEXT NULL,
   device_name TEXT NULL,
   device_no TEXT NULL,
@@ -64,8 +66,8 @@ CREATE TABLE IF NOT EXISTS devices (
 CREATE INDEX IF NOT EXISTS ix_devices_user ON devices (tlink_user_id, device_id);
 
 CREATE TABLE IF NOT EXISTS sensors (
-  sensor_id INTEGER NOT NULL PRIMARY KEY,
   device_id INTEGER NOT NULL,
+  sensor_id INTEGER NOT NULL,
   sensor_name TEXT NULL,
   sensor_type_id INTEGER NULL,
   unit TEXT NULL,
@@ -76,19 +78,24 @@ CREATE TABLE IF NOT EXISTS sensors (
   latest_sensor_timestamp TEXT NULL,
   is_alarm INTEGER NULL,
   is_line INTEGER NULL,
-  meta_updated_at TEXT NULL
+  meta_updated_at TEXT NULL,
+  PRIMARY KEY (device_id, sensor_id)
 );
-CREATE INDEX IF NOT EXISTS ix_sensors_device ON sensors (device_id, sensor_id);
 
 CREATE TABLE IF NOT EXISTS sensor_readings (
+  device_id INTEGER NOT NULL,
   sensor_id INTEGER NOT NULL,
   recorded_at TEXT NOT NULL,
-  device_id INTEGER NOT NULL,
   sensor_timestamp TEXT NULL,
   value TEXT NULL,
   raw_value TEXT NULL,
   is_alarm INTEGER NULL,
   is_line INTEGER NULL,
   event_id TEXT NOT NULL,
-  PRIMARY KEY (sensor_id, recorded_at)
+  PRIMARY KEY (device_id, sensor_id, recorded_at)
+);
+
+CREATE TABLE IF NOT EXISTS schema_info (
+  name TEXT NOT NULL PRIMARY KEY,
+  version INTEGER NOT NULL
 );

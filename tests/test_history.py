@@ -85,7 +85,7 @@ class Log:
 
     def sensors(self) -> dict[int, datetime | None]:
         """Sensor id -> newest reading time, as the sensors read model has it."""
-        return {s: row.reading.recorded_at for s, row in self.recorder.sensor_latest.items()}
+        return {s: row.reading.recorded_at for (d, s), row in self.recorder.sensor_latest.items() if d == DEVICE}
 
     async def history(self, window: Window = ALL_TIMES, limit: int = 50, sensors: dict | None = None) -> dict:
         blocks = sorted(

@@ -42,7 +42,7 @@ class Log:
 
     def place(self, type_: str, device_id: int, body: dict[str, Any], user_id: int = 385) -> Placed:
         self.at += timedelta(seconds=1)
-        event = Event(new_event_id(), type_, self.at, device_id, user_id, body)
+        event = Event(new_event_id(int(self.at.timestamp() * 1000)), type_, self.at, device_id, user_id, body)
         day, end, lines, prev = self.heads.get(device_id, (event.day, 0, 0, "0" * 64))
         line = encode_line(event, prev)
         placed = Placed(event, day, lines + 1, end, len(line) + 1, line_hash(line))
@@ -75,9 +75,9 @@ def scenario() -> list[Placed]:
 async def snapshot(rec: Recorder) -> dict[str, Any]:
     """What a reader can see, in one shape for every backend."""
     if isinstance(rec, MemoryRecorder):
-        latest = {s: (r.reading.value, r.reading.recorded_at) for s, r in rec.sensor_latest.items()}
-        readings = {(s, t): r.value for (s, t), (_, r, _) in rec.readings.items()}
-        names = {s: (m.sensor_name, m.unit) for s, m in rec.sensor_meta.items()}
+        latest = {s: (r.reading.value, r.reading.recorded_at) for (_, s), r in rec.sensor_latest.items()}
+        readings = {(d, s, t): r.value for (d, s, t), (_, r, _) in rec.readings.items()}
+        names = {s: (m.sensor_name, m.unit) for (_, s), m in rec.sensor_meta.items()}
         flags = {d: p.last_flag for d, p in rec.device_pushes.items()}
         device_names = {d: m.device_name for d, m in rec.device_meta.items()}
         parents = {u: r.parent_user_id for u, r in rec.users.items()}
@@ -92,8 +92,8 @@ async def snapshot(rec: Recorder) -> dict[str, Any]:
     rows = await db.fetchall("SELECT sensor_id, latest_value, latest_recorded_at, sensor_name, unit FROM sensors")
     latest = {int(r[0]): (r[1], when(r[2])) for r in rows if r[2] is not None}
     names = {int(r[0]): (r[3], r[4]) for r in rows if r[3] is not None}
-    readings = {(int(r[0]), when(r[1])): r[2] for r in await db.fetchall(
-        "SELECT sensor_id, recorded_at, value FROM sensor_readings")}  # fmt: skip
+    readings = {(int(r[0]), int(r[1]), when(r[2])): r[3] for r in await db.fetchall(
+        "SELECT device_id, sensor_id, recorded_at, value FROM sensor_readings")}  # fmt: skip
     devices = await db.fetchall("SELECT device_id, last_flag, device_name FROM devices")
     parents = dict(await db.fetchall("SELECT tlink_user_id, parent_user_id FROM users"))
     [(events,)] = await db.fetchall("SELECT COUNT(*) FROM events")
@@ -112,7 +112,7 @@ async def test_same_read_models_whatever_the_batches(recorder, batch_size):
     assert seen["events"] == 6
     assert seen["latest"][30001] == ("1500.0", datetime(2026, 11, 27, 9, 15))  # newest wins, late one ignored
     assert seen["latest"][71] == ("c", datetime(2026, 11, 27, 11))
-    assert len([k for k in seen["readings"] if k[0] == 30001]) == 3  # 09:00, 09:10, 09:15 once
+    assert len([k for k in seen["readings"] if k[1] == 30001]) == 3  # 09:00, 09:10, 09:15 once
     assert seen["names"][30001] == ("Oil height", "mm")
     assert seen["devices"][3000] == "Tank 1"
     assert seen["flags"] == {3000: "00", 7: "02"}
