@@ -140,7 +140,7 @@ def generate(root: Path, days: list[int], end: datetime) -> int:
 async def index_log(db: Database, root: Path, mode: str, chunk: int = 5000) -> int:
     """Project every line: all tables (replay) or only the read side's (changes_of, same statements)."""
     if mode == "replay":
-        return await replay_logs(db, root)
+        return (await replay_logs(db, root)).events
     await apply_schema(db)
     statements, count = Statements(db.kind), 0
     for device_id in device_ids(root):

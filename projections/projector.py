@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from eventlog.db import DatabaseUnavailable
+from eventlog.events import BadLine
 from eventlog.files import device_days, log_path, read_lines
+from eventlog.foreign import describe_line
 from eventlog.store import Appended, LogUnavailable
 from projections.changes import Changes, Placed, changes_of, placed_line
-from projections.errors import ProjectionError
 from projections.recorder import Position, Recorder
 
 log = logging.getLogger("tlink.projector")
@@ -32,6 +33,23 @@ def _observe(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
 
+
+def _before_commit(durables: list[asyncio.Future[None]]) -> asyncio.Future[Any] | None:
+    """What a batch's commit must wait for: its flushes still in progress (a failed one raises now).
+
+    Flushes already done need no waiting: with none pending, the statements and the
+    COMMIT go to the database in one round trip.
+    """
+    for durable in durables:
+        if durable.done() and (error := durable.exception()) is not None:
+            raise error
+    pending = [d for d in durables if not d.done()]
+    if not pending:
+        return None
+    gathered = asyncio.gather(*pending)
+    gathered.add_done_callback(_observe)
+    return gathered
+
 DurableEnd = Callable[[int], tuple[str | None, int]]
 
 
@@ -39,6 +57,26 @@ DurableEnd = Callable[[int], tuple[str | None, int]]
 class _Item:
     appended: Appended
     future: asyncio.Future[bool]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStop:
+    """The line a device's projection stopped at: every line before it is applied, none after."""
+
+    device_id: int
+    day: str
+    line_no: int
+    event_id: str | None  # None when the line is not an event at all
+    reason: str
+
+    def describe(self, root: Path) -> str:
+        """One sentence naming the file, the line and the reason."""
+        event = f" (event {self.event_id})" if self.event_id else ""
+        return f"{log_path(root, self.device_id, self.day)} line {self.line_no}{event}: {self.reason}"
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
 
 @dataclass(slots=True)
@@ -83,6 +121,7 @@ class Projector:
         self._stopping = False
         self.available = False  # did the last attempt reach the recorder?
         self.failed: BaseException | None = None
+        self.stopped: dict[int, DeviceStop] = {}  # devices whose next line cannot be applied
         self.stats = ProjectorStats()
 
     # ---------------------------------------------------------------- public
@@ -125,6 +164,8 @@ class Projector:
         staged = self._staged.pop(appended.event.id, None)
         if staged is not None:
             return await staged
+        if appended.event.device_id in self.stopped:
+            return False
         if self.failed is not None or self._stopping or not self.available:
             self._behind.add(appended.event.device_id)
             self._wakeup.set()
@@ -141,7 +182,12 @@ class Projector:
 
     def caught_up(self, device_id: int) -> bool:
         """Does the recorder hold everything of this device's log that is not in a batch in hand?"""
-        return self.available and self._positions is not None and device_id not in self._behind
+        return (
+            self.available
+            and self._positions is not None
+            and device_id not in self._behind
+            and device_id not in self.stopped
+        )
 
     @property
     def queued(self) -> int:
@@ -149,7 +195,8 @@ class Projector:
         return len(self._queue)
 
     async def catch_up(self) -> None:
-        """Apply everything in the log (replay, with nothing else writing); raises on any failure.
+        """Apply everything in the log (replay, with nothing else writing); a device whose next
+        line cannot be applied stops there (see `stopped`), the others go on.
 
         Reading and turning batch N+1 into rows (in a thread) overlaps the database
         writing batch N: either alone would leave the other side idle.
@@ -159,42 +206,111 @@ class Projector:
         loop = asyncio.get_running_loop()
         cursor = dict(self._positions)  # how far reading has got; self._positions: how far is committed
         writing: asyncio.Task[None] | None = None
-        written: list[Placed] = []
         while True:
-            placed, changes = await loop.run_in_executor(None, self._prepare, cursor)
+            devices = sorted(self._behind)
+            placed, complete, stops, changes = await loop.run_in_executor(None, self._prepare, devices, cursor)
             if writing is not None:
                 await writing
-                self._after_commit(written, 0.0)
+            self._behind.difference_update(complete)
             if not placed:
+                self._stop_all(stops)
                 break
-            writing = asyncio.create_task(self.recorder.record(changes))
-            written = placed
+            writing = asyncio.create_task(self._commit(placed, changes, stops=stops))
         self._behind.clear()
 
-    def _prepare(self, cursor: dict[int, Position]) -> tuple[list[Placed], Changes]:
-        """The next batch of lines past `cursor` (advanced) from the devices behind, as rows."""
-        placed, complete = self._read_behind(sorted(self._behind), cursor, self.batch_limit)
-        self._behind.difference_update(complete)
-        return placed, changes_of(placed)
+    def _prepare(
+        self, devices: list[int], cursor: dict[int, Position]
+    ) -> tuple[list[Placed], list[int], list[DeviceStop], Changes | None]:
+        """In a thread: the next batch of lines past `cursor` (advanced) from these devices, and its
+        rows (None if they cannot be made: `_commit` then finds the line at fault)."""
+        placed, complete, stops = self._read_behind(devices, cursor, self.batch_limit)
+        try:
+            return placed, complete, stops, changes_of(placed)
+        except Exception:
+            return placed, complete, stops, None
 
     def _read_behind(
         self, devices: list[int], cursor: dict[int, Position], budget: int
-    ) -> tuple[list[Placed], list[int]]:
+    ) -> tuple[list[Placed], list[int], list[DeviceStop]]:
         """Up to `budget` lines past `cursor` (advanced) from these devices, in their order;
-        (lines, devices read up to their durable end)."""
+        (lines, devices read up to their durable end or a line that is not an event, those lines)."""
         placed: list[Placed] = []
         complete: list[int] = []
+        stops: list[DeviceStop] = []
         for device_id in devices:
             if len(placed) >= budget:
                 break
-            lines, reached_end = self._read_from(device_id, cursor.get(device_id), budget - len(placed))
+            lines, reached_end, stop = self._read_from(device_id, cursor.get(device_id), budget - len(placed))
             placed.extend(lines)
             if lines:
                 last = lines[-1]
                 cursor[device_id] = Position(last.day, last.line_no, last.end, last.hash)
             if reached_end:
                 complete.append(device_id)
-        return placed, complete
+            if stop is not None:
+                stops.append(stop)
+        return placed, complete, stops
+
+    async def _commit(
+        self,
+        placed: list[Placed],
+        changes: Changes | None = None,
+        before_commit: Awaitable[object] | None = None,
+        stops: Sequence[DeviceStop] = (),
+    ) -> None:
+        """Write the rows of these lines in one transaction; if they cannot be applied, device by
+        device, so that only the device at fault stops (at its first line that fails)."""
+        started = asyncio.get_running_loop().time()
+        try:
+            await self.recorder.record(changes_of(placed) if changes is None else changes, before_commit)
+        except (DatabaseUnavailable, LogUnavailable):
+            raise
+        except Exception:
+            if before_commit is not None:
+                await before_commit  # nothing is applied before its line is durable
+            await self._commit_devices(placed)
+        else:
+            self._after_commit(placed, asyncio.get_running_loop().time() - started)
+        self._stop_all(stops)
+
+    async def _commit_devices(self, placed: list[Placed]) -> None:
+        groups: dict[int, list[Placed]] = {}
+        for p in placed:
+            groups.setdefault(p.event.device_id, []).append(p)
+        for device_id, lines in groups.items():
+            if device_id in self.stopped or await self._try_record(lines) is None:
+                continue
+            for line in lines:  # find the line at fault: apply one at a time up to it
+                error = await self._try_record([line])
+                if error is not None:
+                    self._stop_all([DeviceStop(device_id, line.day, line.line_no, line.event.id, _reason(error))])
+                    break
+
+    async def _try_record(self, lines: list[Placed]) -> Exception | None:
+        """Apply these lines (committed and advanced), or the data error that prevented it."""
+        try:
+            await self.recorder.record(changes_of(lines))
+        except (DatabaseUnavailable, LogUnavailable):
+            raise
+        except Exception as exc:
+            return exc
+        self._after_commit(lines, 0.0)
+        return None
+
+    def _stop_all(self, stops: Iterable[DeviceStop]) -> None:
+        """Stop these devices' projection, loudly; a device keeps the earliest line it stopped at."""
+        for stop in stops:
+            known = self.stopped.get(stop.device_id)
+            if known is not None and (known.day, known.line_no) <= (stop.day, stop.line_no):
+                continue
+            self.stopped[stop.device_id] = stop
+            self._behind.discard(stop.device_id)
+            self.stats.failures += 1
+            log.error(
+                "projection of device %d stopped at %s; other devices go on",
+                stop.device_id, stop.describe(self.root),
+                extra={"device": stop.device_id, "event": stop.event_id, "day": stop.day, "line": stop.line_no},
+            )  # fmt: skip
 
     def _after_commit(self, placed: list[Placed], seconds: float) -> None:
         self._advance(placed)
@@ -253,6 +369,8 @@ class Projector:
     def _devices_behind(self, positions: dict[int, Position]) -> set[int]:
         behind = set()
         for device_id in self._devices():
+            if device_id in self.stopped:
+                continue
             day, size = self._durable_end(device_id)
             pos = positions.get(device_id)
             if day is not None and (pos is None or (day, size) > (pos.day, pos.byte_count)):
@@ -264,25 +382,22 @@ class Projector:
         try:
             placed = self._hot_events(items)
             caught_up: list[int] = []
+            stops: list[DeviceStop] = []
+            before_commit = _before_commit(durables)
+            if before_commit is not None and any(i.appended.event.device_id in self._behind for i in items):
+                # Lines of this flush are to be read back from the file: it must hold them first,
+                # or the device would count as caught up without them.
+                await before_commit
+                before_commit = None
             if self._behind and len(placed) < self.batch_limit:  # read from the committed positions
                 devices = sorted(self._behind)
                 cursor = {d: pos for d in devices if (pos := self._positions.get(d)) is not None}
-                lines, caught_up = await asyncio.get_running_loop().run_in_executor(
+                lines, caught_up, stops = await asyncio.get_running_loop().run_in_executor(
                     None, self._read_behind, devices, cursor, self.batch_limit - len(placed)
                 )
                 placed.extend(lines)
-            started = asyncio.get_running_loop().time()
-            # Flushes already done need no waiting: with none pending, the statements and
-            # the COMMIT go to the database in one round trip.
-            for durable in durables:
-                if durable.done() and (error := durable.exception()) is not None:
-                    raise error
-            pending = [d for d in durables if not d.done()]
-            before_commit = asyncio.gather(*pending) if pending else None
-            if before_commit is not None:
-                before_commit.add_done_callback(_observe)
             if placed:
-                await self.recorder.record(changes_of(placed), before_commit)
+                await self._commit(placed, before_commit=before_commit, stops=stops)
             elif before_commit is not None:
                 await before_commit
         except BaseException:
@@ -290,8 +405,8 @@ class Projector:
                 self._behind.add(item.appended.event.device_id)
             self._release(items)
             raise
-        self._after_commit(placed, asyncio.get_running_loop().time() - started)
-        self._behind.difference_update(caught_up)
+        # A device marked behind meanwhile (a push while the batch was in the database) stays behind.
+        self._behind.difference_update(d for d in caught_up if self._holds_durable_end(d))
         self.available = True
         for item in items:
             a = item.appended
@@ -308,7 +423,7 @@ class Projector:
         for item in sorted(items, key=lambda i: (i.appended.event.device_id, i.appended.day, i.appended.offset)):
             a = item.appended
             device_id = a.event.device_id
-            if device_id in self._behind:
+            if device_id in self._behind or device_id in self.stopped:
                 continue
             pos = self._positions.get(device_id)
             day, end, lines = ends.get(device_id) or (
@@ -326,14 +441,24 @@ class Projector:
             ends[device_id] = (a.day, a.end, line_no)
         return placed
 
+    def _holds_durable_end(self, device_id: int) -> bool:
+        """Has everything durable of this device's log been applied?"""
+        assert self._positions is not None
+        day, size = self._durable_end(device_id)
+        pos = self._positions.get(device_id)
+        return day is None or (pos is not None and (day, size) <= (pos.day, pos.byte_count))
+
     def _file_size(self, device_id: int, day: str) -> int:
         try:
             return log_path(self.root, device_id, day).stat().st_size
         except OSError:
             return -1
 
-    def _read_from(self, device_id: int, pos: Position | None, budget: int) -> tuple[list[Placed], bool]:
-        """Lines of a device's log after `pos`, up to its durable end; (lines, reached end)."""
+    def _read_from(
+        self, device_id: int, pos: Position | None, budget: int
+    ) -> tuple[list[Placed], bool, DeviceStop | None]:
+        """Lines of a device's log after `pos`, up to its durable end or the first line that is
+        not one of its events; (lines, reached end or that line, why it is not)."""
         end_day, end_size = self._durable_end(device_id)
         result: list[Placed] = []
         for day in device_days(self.root, device_id):
@@ -348,12 +473,17 @@ class Projector:
                 if stop is not None and line.end > stop:
                     break
                 if len(result) >= budget:
-                    return result, False
-                placed = placed_line(line)
+                    return result, False, None
+                try:
+                    placed = placed_line(line)
+                except BadLine:
+                    reason = f"not a valid event line: {describe_line(line.raw)}"
+                    return result, True, DeviceStop(device_id, day, line.line_no, None, reason)
                 if placed.event.device_id != device_id:
-                    raise ProjectionError(f"{day} line {line.line_no} of device {device_id} names another device")
+                    reason = f"the event names device {placed.event.device_id}"
+                    return result, True, DeviceStop(device_id, day, line.line_no, placed.event.id, reason)
                 result.append(placed)
-        return result, True
+        return result, True, None
 
     def _advance(self, placed: list[Placed]) -> None:
         assert self._positions is not None

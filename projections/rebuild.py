@@ -3,68 +3,81 @@
 The service keeps answering from the old tables meanwhile. Projection is idempotent,
 so after the switch a last pass re-reads whatever the log gained since the first
 passes: an event the live service applied to the old tables in between is applied to
-the new ones too, and nothing is lost or counted twice.
+the new ones too, and nothing is lost or counted twice. Retention runs it after it
+deletes files, so the read models stay what a replay of the remaining files gives.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from itertools import islice
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from eventlog.db import Database
-from eventlog.files import device_days, device_ids, log_path, read_lines
-from projections.changes import Placed, changes_of, placed_line
+from eventlog.store import LogStore
+from projections.changes import Changes
+from projections.projector import DeviceStop, Projector
+from projections.recorder import Position
 from projections.schema import READ_MODEL_TABLES, apply_schema, renamed_statements
-from projections.sql_recorder import Statements, read_model_rows
+from projections.sql_recorder import SqlRecorder, Statements, read_model_rows
 
 NEW, OLD = "__new", "__old"
-Ends = dict[tuple[int, str], tuple[int, int]]  # (device, day) -> (bytes read, lines read)
 Progress = Callable[[int], None]
 
 
 @dataclass(slots=True)
 class RebuildReport:
-    """How many events each pass applied."""
+    """How many events each pass applied, and the devices whose projection stopped."""
 
     first_pass: int = 0
     catch_up: int = 0
     after_switch: int = 0
+    stopped: list[DeviceStop] = field(default_factory=list)
 
 
-def _new_lines(root: Path, ends: Ends) -> Iterator[Placed]:
-    """Every line past what `ends` records, advancing it, in one walk over the files."""
-    for device_id in device_ids(root):
-        for day in device_days(root, device_id):
-            start, lines = ends.get((device_id, day), (0, 0))
-            path = log_path(root, device_id, day)
-            if path.stat().st_size <= start:
-                continue
-            for line in read_lines(path, start, lines + 1, day):
-                ends[(device_id, day)] = (line.end, line.line_no)
-                yield placed_line(line)
+class ReadModelRecorder(SqlRecorder):
+    """Writes only the read models, into the tables its statements name; remembers in memory
+    how far each device's log has been applied (the log tables belong to the live service)."""
+
+    def __init__(self, db: Database, suffix: str) -> None:
+        super().__init__(db)
+        self.statements = Statements(db.kind, suffix)
+        self._applied: dict[int, Position] = {}
+
+    async def record(self, changes: Changes, before_commit: Awaitable[object] | None = None) -> None:
+        rows = read_model_rows(changes)
+        await self.db.write_batch([(getattr(self.statements, name), table_rows) for name, table_rows in rows])
+        for f in changes.files.values():
+            pos = self._applied.get(f.device_id)
+            if pos is None or (f.day, f.byte_count) > (pos.day, pos.byte_count):
+                self._applied[f.device_id] = Position(f.day, f.line_count, f.byte_count, f.last_hash)
+
+    async def positions(self) -> dict[int, Position]:
+        return dict(self._applied)
 
 
-async def _project(db: Database, statements: Statements, placed: list[Placed]) -> None:
-    rows = read_model_rows(changes_of(placed))
-    await db.write_batch([(getattr(statements, name), table_rows) for name, table_rows in rows])
+class _Ends:
+    """The devices and the ends of their logs as the files show them, read again on `refresh`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.refresh()
+
+    def refresh(self) -> None:
+        self._store = LogStore(self.root)  # never opened: only its reading of the files' ends
+
+    def durable_end(self, device_id: int) -> tuple[str | None, int]:
+        return self._store.durable_end(device_id)
+
+    def devices(self) -> list[int]:
+        return self._store.devices()
 
 
-async def _drain(db: Database, statements: Statements, root: Path, ends: Ends, progress: Progress | None) -> int:
-    """Project everything the log holds past `ends`; returns the number of events."""
-    total = 0
-    loop = asyncio.get_running_loop()
-    while True:  # walks again until one finds nothing: lines keep arriving while it runs
-        walk, before = _new_lines(root, ends), total
-        while placed := await loop.run_in_executor(None, list, islice(walk, 5000)):
-            await _project(db, statements, placed)
-            total += len(placed)
-            if progress is not None:
-                progress(total)
-        if total == before:
-            return total
+async def _drain(projector: Projector) -> int:
+    """Apply everything the log holds past what the projector applied; returns the number of events."""
+    before = projector.stats.applied_events
+    await projector.catch_up()
+    return projector.stats.applied_events - before
 
 
 async def _switch(db: Database) -> None:
@@ -95,7 +108,10 @@ async def _tidy_sqlite_indexes(db: Database) -> None:
 
 
 async def rebuild(db: Database, root: Path, progress: Progress | None = None) -> RebuildReport:
-    """Build users, devices, sensors and sensor_readings anew from the log and switch to them."""
+    """Build users, devices, sensors and sensor_readings anew from the log and switch to them.
+
+    The same projector as the live service's applies the log, so a device whose line
+    cannot be applied stops at the same line here (listed in the report)."""
     report = RebuildReport()
     await apply_schema(db)
     await _drop(db, NEW)
@@ -105,13 +121,23 @@ async def rebuild(db: Database, root: Path, progress: Progress | None = None) ->
     async with db.transaction() as cur:
         for statement in renamed_statements(db.kind, READ_MODEL_TABLES, NEW):
             await cur.execute(statement)
-    ends: Ends = {}
-    renamed = Statements(db.kind, NEW)
-    report.first_pass = await _drain(db, renamed, root, ends, progress)
-    report.catch_up = await _drain(db, renamed, root, ends, progress)
+    ends = _Ends(root)
+    recorder = ReadModelRecorder(db, NEW)
+
+    def observe(events: int, seconds: float) -> None:
+        if progress is not None:
+            progress(projector.stats.applied_events)
+
+    projector = Projector(recorder, root, ends.durable_end, ends.devices, batch_limit=5000, on_batch=observe)
+    report.first_pass = await _drain(projector)
+    ends.refresh()  # lines arrived meanwhile
+    report.catch_up = await _drain(projector)
     await _switch(db)
-    report.after_switch = await _drain(db, Statements(db.kind), root, ends, progress)
+    recorder.statements = Statements(db.kind)
+    ends.refresh()
+    report.after_switch = await _drain(projector)
     await _drop(db, OLD)
     if db.kind == "sqlite":
         await _tidy_sqlite_indexes(db)
+    report.stopped = sorted(projector.stopped.values(), key=lambda stop: stop.device_id)
     return report

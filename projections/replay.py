@@ -3,29 +3,46 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import multiprocessing
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from eventlog.db import Database, connect
 from eventlog.events import EventLogError
 from eventlog.recovery import repair_all
 from eventlog.store import LogStore, lock_root
 from eventlog.verify import RecordedFile
-from projections.projector import Projector
+from projections.projector import DeviceStop, Projector
 from projections.schema import apply_schema
 from projections.sql_recorder import SqlRecorder
 
 Counter = Callable[[int], None]
 
 
+@dataclass(slots=True)
+class ReplayReport:
+    """What a replay applied, and the devices whose projection stopped at a line it could not apply."""
+
+    events: int = 0
+    stopped: list[DeviceStop] = field(default_factory=list)
+
+
 async def replay_logs(
     db: Database, root: Path, progress: Counter | None = None, url: str | None = None, workers: int = 1
-) -> int:
-    """Drop every table, recreate them, and apply the whole log; returns the events applied.
+) -> ReplayReport:
+    """Drop every table, recreate them, and apply the whole log.
+
+    A device whose next line cannot be applied stops there, the same line whatever the
+    worker count, and is listed in the report; every other device is applied in full.
 
     `progress(total)` hears the running count of events applied.
 
@@ -52,7 +69,7 @@ async def replay_logs(
         os.close(lock)
 
 
-async def apply_log_share(db: Database, root: Path, share: int, shares: int, on_batch: Counter) -> int:
+async def apply_log_share(db: Database, root: Path, share: int, shares: int, on_batch: Counter) -> ReplayReport:
     """Apply the logs of the devices whose id modulo `shares` is `share`; `on_batch(events)` after each batch."""
     store = LogStore(root)
 
@@ -64,14 +81,16 @@ async def apply_log_share(db: Database, root: Path, share: int, shares: int, on_
 
     projector = Projector(SqlRecorder(db), root, store.durable_end, devices, batch_limit=5000, on_batch=observe)
     await projector.catch_up()
-    return projector.stats.applied_events
+    stopped = sorted(projector.stopped.values(), key=lambda stop: stop.device_id)
+    return ReplayReport(projector.stats.applied_events, stopped)
 
 
-def _apply_in_processes(url: str, root: Path, workers: int, progress: Counter | None) -> int:
+def _apply_in_processes(url: str, root: Path, workers: int, progress: Counter | None) -> ReplayReport:
     context = multiprocessing.get_context("spawn")
     applied = context.Value("q", 0)
+    stops_dir = Path(tempfile.mkdtemp(prefix="tlink-replay-"))
     processes = [
-        context.Process(target=_apply_share_process, args=(url, str(root), share, workers, applied))
+        context.Process(target=_apply_share_process, args=(url, str(root), share, workers, applied, str(stops_dir)))
         for share in range(workers)
     ]
     for process in processes:
@@ -82,13 +101,17 @@ def _apply_in_processes(url: str, root: Path, workers: int, progress: Counter | 
             progress(int(applied.value))
     if progress is not None:
         progress(int(applied.value))
-    failed = [p.exitcode for p in processes if p.exitcode != 0]
-    if failed:
-        raise EventLogError(f"a replay worker failed (exit status {failed[0]}); see its error above")
-    return int(applied.value)
+    try:
+        failed = [p.exitcode for p in processes if p.exitcode != 0]
+        if failed:
+            raise EventLogError(f"a replay worker failed (exit status {failed[0]}); see its error above")
+        stopped = [DeviceStop(**doc) for path in sorted(stops_dir.iterdir()) for doc in orjson.loads(path.read_bytes())]
+    finally:
+        shutil.rmtree(stops_dir, ignore_errors=True)
+    return ReplayReport(int(applied.value), sorted(stopped, key=lambda stop: stop.device_id))
 
 
-def _apply_share_process(url: str, root: str, share: int, shares: int, applied: Any) -> None:
+def _apply_share_process(url: str, root: str, share: int, shares: int, applied: Any, stops_dir: str) -> None:
     def count(events: int) -> None:
         with applied.get_lock():
             applied.value += events
@@ -96,9 +119,11 @@ def _apply_share_process(url: str, root: str, share: int, shares: int, applied: 
     async def run() -> None:
         db = await connect(url)
         try:
-            await apply_log_share(db, Path(root), share, shares, count)
+            report = await apply_log_share(db, Path(root), share, shares, count)
         finally:
             await db.close()
+        stops = [dataclasses.asdict(stop) for stop in report.stopped]
+        (Path(stops_dir) / f"share-{share}.json").write_bytes(orjson.dumps(stops))
 
     asyncio.run(run())
 

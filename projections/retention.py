@@ -1,7 +1,9 @@
-"""Log retention with the database: record each due file as pruned, then delete it.
+"""Log retention with the database: record each due file as pruned, delete it, rebuild.
 
 The files' side (which are due, deleting them, empty folders) is eventlog.retention;
-this keeps `log_files` able to vouch for the oldest remaining file's first link.
+this keeps `log_files` able to vouch for the oldest remaining file's first link, drops
+the pruned files' rows from `events` and `log_blocks`, and rebuilds the read models
+from the remaining files, so that they are what a replay of the log now gives.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from eventlog.retention import (
     remove_empty_device_dirs,
     summarize,
 )
+from projections.rebuild import RebuildReport, rebuild
 
 
 @dataclass(slots=True)
@@ -35,6 +38,7 @@ class PruneReport:
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # due but kept, with the reason
     waiting: int = 0  # due device files kept because the database could not be reached
     db_error: str | None = None
+    rebuilt: RebuildReport | None = None  # the read models rebuilt from the remaining files
 
     @property
     def kept(self) -> int:
@@ -76,6 +80,11 @@ async def prune_logs(
     # On the event loop thread, like the store's folder creation: a push can never find
     # its device's folder removed between the store's check and its open.
     report.folders = remove_empty_device_dirs(root, sorted(by_device))
+    if set(report.deleted) - set(unchained):  # device files went: their rows must go too
+        try:
+            report.rebuilt = await rebuild(db, root)
+        except DatabaseError as exc:  # the next pass, or `tlink-push rebuild`, does it
+            report.db_error = f"read models not rebuilt after deleting files: {exc}"
     return report
 
 
@@ -106,6 +115,8 @@ async def _mark_pruned(
         async with db.transaction() as cur:
             for f, summary in marks:
                 values = (summary.line_count, summary.byte_count, summary.last_hash, device_id, f.day)
+                await cur.execute("DELETE FROM events WHERE device_id = %s AND log_day = %s", (device_id, f.day))
+                await cur.execute("DELETE FROM log_blocks WHERE device_id = %s AND log_day = %s", (device_id, f.day))
                 if (device_id, f.day) in recorded:
                     await cur.execute(
                         "UPDATE log_files SET line_count = %s, byte_count = %s, last_hash = %s, pruned = 1"

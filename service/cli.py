@@ -15,6 +15,8 @@ from typing import Any
 from eventlog.db import Database, DatabaseError, connect
 from eventlog.events import EventLogError
 from eventlog.verify import verify
+from projections.errors import ProjectionError
+from projections.projector import DeviceStop
 from projections.rebuild import rebuild
 from projections.replay import recorded_files, replay_logs
 from service.config import Settings, SettingsError, load_settings
@@ -114,11 +116,21 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
 async def _replay(db: Database, root: Path, url: str, workers: int) -> int:
     progress = Progress("replay: events")
     started = time.monotonic()
-    count = await replay_logs(db, root, progress, url, workers)
+    report = await replay_logs(db, root, progress, url, workers)
     progress.done()
     elapsed = time.monotonic() - started
+    count = report.events
     print(f"replayed {count} events in {elapsed:.1f} s ({count / max(elapsed, 1e-9):,.0f} events/s)")
-    return 0
+    return _print_stops(report.stopped, root)
+
+
+def _print_stops(stopped: list[DeviceStop], root: Path) -> int:
+    """Name each device whose projection stopped, on stderr; the exit status (1 if any)."""
+    for stop in stopped:
+        print(f"device {stop.device_id} stopped at {stop.describe(root)}", file=sys.stderr)
+    if stopped:
+        print(f"{len(stopped)} device(s) not applied past the line named; every other device is", file=sys.stderr)
+    return 1 if stopped else 0
 
 
 # ---------------------------------------------------------------- rebuild
@@ -134,7 +146,7 @@ def rebuild_command(args: argparse.Namespace, settings: Settings) -> int:
             f"rebuilt read models: {report.first_pass} events, {report.catch_up} caught up before"
             f" and {report.after_switch} after the switch"
         )
-        return 0
+        return _print_stops(report.stopped, settings.SYNC_LOG_DIR)
 
     return int(with_db(settings, work))
 
@@ -197,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     except DatabaseError as exc:
         print(f"tlink-push {args.command}: database error: {exc}", file=sys.stderr)
         return 1
-    except EventLogError as exc:
+    except (EventLogError, ProjectionError) as exc:
         print(f"tlink-push {args.command}: {exc}", file=sys.stderr)
         return 1
 

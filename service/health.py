@@ -14,10 +14,11 @@ from pathlib import Path
 from aiohttp import web
 
 from eventlog.db import Database, DatabaseError
+from eventlog.files import log_path
 from projections.projector import Projector
 from service.api import answer
 from service.keys import DATABASE, PROJECTOR, SETTINGS
-from service.schemas import Check, HealthAnswer, ProjectionCheck, ReadyAnswer
+from service.schemas import Check, HealthAnswer, ProjectionCheck, ReadyAnswer, StoppedDevice
 
 PING_TIMEOUT = 2.0
 
@@ -52,7 +53,17 @@ def projection_check(projector: Projector) -> ProjectionCheck:
     failed = None if projector.failed is None else str(projector.failed) or type(projector.failed).__name__
     behind, queued = projector.behind, projector.queued
     ok = failed is None and behind == 0 and queued <= projector.batch_limit
-    return ProjectionCheck(ok=ok, behindDevices=behind, queuedEvents=queued, failed=failed)
+    stopped = [
+        StoppedDevice(
+            deviceId=stop.device_id,
+            file=str(log_path(projector.root, stop.device_id, stop.day).relative_to(projector.root)),
+            line=stop.line_no,
+            eventId=stop.event_id,
+            reason=stop.reason,
+        )
+        for stop in sorted(projector.stopped.values(), key=lambda stop: stop.device_id)
+    ]
+    return ProjectionCheck(ok=ok, behindDevices=behind, queuedEvents=queued, failed=failed, stoppedDevices=stopped)
 
 
 def reasons(log_root: Check, database: Check, projection: ProjectionCheck) -> list[str]:

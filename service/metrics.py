@@ -184,12 +184,18 @@ class StateCollector(Collector):
                 value=_wall_clock(stats.last_applied_at),
             )  # fmt: skip
         yield CounterMetricFamily(
-            "tlink_projection_failures", "Times the projector stopped on an error.", value=stats.failures
-        )
+            "tlink_projection_failures", "Times the projection of a device (or the projector) stopped on an error.",
+            value=stats.failures,
+        )  # fmt: skip
         yield GaugeMetricFamily(
             "tlink_projection_failed", "1 while the projector is stopped on an error (see /api/ready).",
             value=int(projector.failed is not None),
         )  # fmt: skip
+        yield GaugeMetricFamily(
+            "tlink_projection_stopped_devices",
+            "Devices whose projection stopped at a line it cannot apply (named in /api/ready and the log).",
+            value=len(projector.stopped),
+        )
         yield GaugeMetricFamily(
             "tlink_projection_database_available", "1 if the projector's last attempt reached the database.",
             value=int(projector.available),

@@ -207,6 +207,16 @@ class Check(Answer):
     detail: str | None = None
 
 
+class StoppedDevice(Answer):
+    """A device whose projection stopped at a line that cannot be applied; the others go on."""
+
+    deviceId: int
+    file: str = Field(description="the log file, relative to the log root")
+    line: int = Field(description="1-based line number in that file")
+    eventId: str | None = Field(description="the event on that line (null when the line is not an event)")
+    reason: str
+
+
 class ProjectionCheck(Answer):
     """How far the read models are behind the log."""
 
@@ -214,6 +224,11 @@ class ProjectionCheck(Answer):
     behindDevices: int = Field(description="devices whose log is ahead of the read models")
     queuedEvents: int = Field(description="appended events waiting to be projected")
     failed: str | None = Field(description="why the projector stopped, if it did")
+    stoppedDevices: list[StoppedDevice] = Field(
+        default_factory=list,
+        description="devices whose projection stopped at a line it cannot apply (readiness is not affected:"
+        " every other device goes on; alert on tlink_projection_stopped_devices)",
+    )
 
 
 class ReadyChecks(Answer):

@@ -19,7 +19,9 @@ async def test_health_and_ready_when_all_is_well(app_client):
     body = await api_get(client, "/api/ready")
     assert body["status"] == "ready" and body["reasons"] == []
     assert body["checks"]["database"]["ok"] and body["checks"]["logRoot"]["ok"]
-    assert body["checks"]["projection"] == {"ok": True, "behindDevices": 0, "queuedEvents": 0, "failed": None}
+    assert body["checks"]["projection"] == {
+        "ok": True, "behindDevices": 0, "queuedEvents": 0, "failed": None, "stoppedDevices": []
+    }
 
 
 async def test_not_ready_when_the_projector_stopped(app_client):
@@ -51,12 +53,12 @@ async def test_not_ready_when_the_database_is_unreachable(aiohttp_client, log_ro
 
 
 def test_projection_lag_is_a_reason():
-    projector = SimpleNamespace(failed=None, behind=3, queued=0, batch_limit=100)
+    projector = SimpleNamespace(failed=None, behind=3, queued=0, batch_limit=100, stopped={})
     check = projection_check(projector)
     assert not check.ok and reasons(Check(ok=True), Check(ok=True), check) == [
         "read models catching up: 3 device(s) behind the log"
     ]
-    projector = SimpleNamespace(failed=None, behind=0, queued=101, batch_limit=100)
+    projector = SimpleNamespace(failed=None, behind=0, queued=101, batch_limit=100, stopped={})
     assert reasons(Check(ok=True), Check(ok=True), projection_check(projector)) == [
         "read models lagging: 101 events queued"
     ]

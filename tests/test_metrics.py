@@ -256,18 +256,18 @@ async def test_applied_events_and_last_applied_time_follow_pushes(app_client):
     assert started - 1 <= applied_at <= datetime.now(UTC).timestamp() + 1
 
 
-async def test_a_failed_projector_is_counted_and_flagged(app_client, monkeypatch):
+async def test_a_device_whose_event_cannot_be_applied_is_counted_and_flagged(app_client, monkeypatch):
     client = await app_client()
     app = client.server.app
 
-    async def broken(changes):
+    async def broken(changes, before_commit=None):
         raise RuntimeError("bad data")
 
     monkeypatch.setattr(app[RECORDER], "record", broken)
     await client.post(WEBHOOK, data=SAMPLE)
-    scraped = await wait_for(client, lambda s: s("tlink_projection_failed") == 1)
-    assert scraped("tlink_projection_failed") == 1
+    scraped = await wait_for(client, lambda s: s("tlink_projection_stopped_devices") == 1)
     assert scraped("tlink_projection_failures_total") == 1
+    assert scraped("tlink_projection_failed") == 0  # the projector itself goes on with other devices
 
 
 async def test_a_finished_sync_run_is_counted_timed_and_sized(app_client):

@@ -68,14 +68,14 @@ async def harness(log_root):
 async def test_a_push_is_projected_before_it_is_answered(harness):
     _, projected = await harness.push(push_body(1, {11: "5.0", 12: "7.5"}, "2026-05-01 10:00:00"))
     assert projected
-    assert harness.recorder.sensor_latest[11].reading.value == "5.0"
+    assert harness.recorder.sensor_latest[(1, 11)].reading.value == "5.0"
     assert len(harness.recorder.readings) == 2 and len(harness.recorder.events) == 1
 
 
 async def test_a_late_older_reading_never_replaces_the_latest(harness):
     await harness.push(push_body(1, {11: "new"}, "2026-05-01 10:00:00"))
     await harness.push(push_body(1, {11: "old"}, "2026-05-01 09:00:00"))
-    latest = harness.recorder.sensor_latest[11].reading
+    latest = harness.recorder.sensor_latest[(1, 11)].reading
     assert (latest.value, latest.recorded_at) == ("new", datetime(2026, 5, 1, 10))
     assert len(harness.recorder.readings) == 2
 
@@ -102,7 +102,7 @@ async def test_database_outage_accepts_on_the_log_and_catches_up(harness):
     harness.recorder.available = True
     await harness.settle()
     assert len(harness.recorder.events) == 6 and len(harness.recorder.readings) == 6
-    assert harness.recorder.sensor_latest[21].reading.value == "4"
+    assert harness.recorder.sensor_latest[(2, 21)].reading.value == "4"
     _, projected = await harness.push(push_body(2, {21: "z"}, "2026-05-01 10:02:00"))
     assert projected
 
@@ -123,19 +123,31 @@ async def test_a_restart_applies_what_the_log_has_and_the_recorder_lacks(log_roo
     await second.settle()
     assert len(recorder.events) == 3
     assert sorted(recorder.files) == [(3, "2026-05-01"), (3, "2026-05-02")]
-    assert recorder.sensor_latest[31].reading.value == "3"
+    assert recorder.sensor_latest[(3, 31)].reading.value == "3"
     await second.stop()
 
 
-async def test_a_projection_bug_stops_the_projector_loudly(harness, monkeypatch):
-    async def broken(changes, before_commit=None):
-        raise RuntimeError("column does not exist")
+async def test_an_event_that_cannot_be_applied_stops_only_its_device(harness, monkeypatch):
+    record = harness.recorder.record
 
-    monkeypatch.setattr(harness.recorder, "record", broken)
-    _, projected = await harness.push(push_body(4, {41: "1"}, "2026-05-01 10:00:00"))
-    assert not projected
-    assert isinstance(harness.projector.failed, RuntimeError)
-    assert harness.projector.stats.failures == 1
+    async def broken_for_device_4(changes, before_commit=None):
+        if any(p.event.device_id == 4 and p.line_no == 2 for p in changes.events):
+            raise RuntimeError("value does not fit its column")
+        await record(changes, before_commit)
+
+    monkeypatch.setattr(harness.recorder, "record", broken_for_device_4)
+    assert (await harness.push(push_body(4, {41: "1"}, "2026-05-01 10:00:00")))[1]
+    bodies = [push_body(4, {41: "2"}, "2026-05-01 10:01:00"), push_body(5, {51: "1"}, "2026-05-01 10:01:00")]
+    outcomes = await asyncio.gather(*(harness.push(b) for b in bodies))  # one batch, two devices
+    assert [projected for _, projected in outcomes] == [False, True]
+    stop = harness.projector.stopped[4]
+    assert (stop.day, stop.line_no, stop.event_id) == ("2026-05-01", 2, outcomes[0][0].event.id)
+    assert "value does not fit" in stop.reason and "device4-2026-05-01.log line 2" in stop.describe(harness.root)
+    assert harness.projector.failed is None and harness.projector.stats.failures == 1
+    assert not (await harness.push(push_body(4, {41: "3"}, "2026-05-01 10:02:00")))[1]  # stays stopped
+    assert (await harness.push(push_body(5, {51: "2"}, "2026-05-01 10:02:00")))[1]  # the others go on
+    assert harness.recorder.sensor_latest[(4, 41)].reading.value == "1"  # nothing after the stop
+    assert harness.recorder.sensor_latest[(5, 51)].reading.value == "2"
 
 
 async def test_a_failed_fsync_projects_nothing_of_its_batch(harness, monkeypatch):

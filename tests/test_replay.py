@@ -57,9 +57,9 @@ async def test_replay_reproduces_the_database_and_twice_gives_the_same(app_clien
     assert len(live["events"]) == 41 and len(live["sensor_readings"]) == 120 + 3
     db = await connect(database_url)
     try:
-        assert await replay_logs(db, log_root) == 41
+        assert (await replay_logs(db, log_root)).events == 41
         first = await dump(database_url, ALL_TABLES)
-        assert await replay_logs(db, log_root) == 41
+        assert (await replay_logs(db, log_root)).events == 41
         second = await dump(database_url, ALL_TABLES)
     finally:
         await db.close()
@@ -101,10 +101,10 @@ async def test_replay_in_two_processes_gives_the_same_database(app_client, datab
     await fill(app_client)
     db = await connect(database_url)
     try:
-        assert await replay_logs(db, log_root) == 41
+        assert (await replay_logs(db, log_root)).events == 41
         one = await dump(database_url, ALL_TABLES)
         seen: list[int] = []
-        assert await replay_logs(db, log_root, seen.append, database_url, workers=2) == 41
+        assert (await replay_logs(db, log_root, seen.append, database_url, workers=2)).events == 41
         two = await dump(database_url, ALL_TABLES)
     finally:
         await db.close()

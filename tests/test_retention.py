@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import unused_port
 
 from eventlog.db import Database, DatabaseUnavailable, Row, connect
-from eventlog.events import SYNC, ZERO_HASH, decode_line, line_hash
+from eventlog.events import PUSH, SYNC, ZERO_HASH, decode_line, line_hash
 from eventlog.files import device_days, device_ids, log_path
 from eventlog.retention import (
     cutoff_day,
@@ -344,3 +344,52 @@ def test_prune_help_states_the_rule(capsys):
     with pytest.raises(SystemExit):
         main(["prune", "--help"])
     assert "LOG_AGE" in capsys.readouterr().out
+
+
+async def pushes_on(root: Path, plan: list[tuple[str, int, int, str]]) -> None:
+    """(receipt day, device, sensor, value) pushes, each a reading at noon of its receipt day."""
+    clock = Clock()
+    store = LogStore(root, clock=clock)
+    await store.open()
+    try:
+        for day, device_id, sensor_id, value in plan:
+            clock.now = datetime.fromisoformat(f"{day}T12:00:00+00:00")
+            body = {"deviceId": device_id, "deviceUserid": 385, "time": f"{day} 12:00:00",
+                    "sensorsDates": [{"sensorsId": sensor_id, "value": value, "times": "12:00:00"}]}  # fmt: skip
+            await store.append(store.new_event(PUSH, device_id, 385, body))
+    finally:
+        await store.close()
+
+
+READ_MODELS = {
+    "devices": "SELECT device_id, last_flag, last_push_time FROM devices ORDER BY 1",
+    "sensors": "SELECT device_id, sensor_id, latest_value, latest_recorded_at FROM sensors ORDER BY 1, 2",
+    "readings": "SELECT device_id, sensor_id, recorded_at, value FROM sensor_readings ORDER BY 1, 2, 3",
+    "users": "SELECT tlink_user_id, parent_user_id FROM users ORDER BY 1",
+    "events": "SELECT event_id FROM events ORDER BY 1",
+}
+
+
+async def read_models(db: Database) -> dict[str, list[Row]]:
+    return {name: list(await db.fetchall(sql)) for name, sql in READ_MODELS.items()}
+
+
+async def test_after_retention_the_read_models_are_a_replay_of_the_remaining_files(database_url, tmp_path):
+    root = tmp_path / "logs"
+    await pushes_on(root, [
+        ("2026-01-05", 1, 11, "old only"),  # sensor 11: all its readings pruned
+        ("2026-01-05", 1, 12, "old"),
+        ("2026-01-05", 2, 21, "device 2 pruned away"),  # device 2: every file pruned
+        ("2026-01-09", 1, 12, "kept"),
+    ])  # fmt: skip
+    async with database(database_url) as db:
+        await replay_logs(db, root)
+        assert len((await read_models(db))["readings"]) == 4
+        report = await prune_logs(db, root, LOG_AGE, today=TODAY)
+        assert len(report.deleted) == 2 and report.rebuilt is not None
+        after = await read_models(db)
+        assert [tuple(r[:2]) for r in after["sensors"]] == [(1, 12)]  # sensor 11 and device 2 are gone
+        assert [r[3] for r in after["readings"]] == ["kept"]
+        assert [int(r[0]) for r in after["devices"]] == [1]
+        await replay_logs(db, root)
+        assert await read_models(db) == after  # what a replay of the remaining files gives
