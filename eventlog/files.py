@@ -13,7 +13,7 @@ from eventlog.events import EventLogError
 _FILE_RE = re.compile(r"^device(\d+)-(\d{4}-\d{2}-\d{2})\.log$")
 # Files start-up set aside next to a log file: `.torn` (bytes cut off a torn tail) and
 # `.foreign` (a whole file that is not of this log, with `.2`, `.3`... when taken).
-_SIDE_RE = re.compile(r"^device(\d+)-(\d{4}-\d{2}-\d{2})\.log\.(torn|foreign)(\.\d+)?$")
+_SIDE_RE = re.compile(r"^device(\d+)-(\d{4}-\d{2}-\d{2})\.log\.(torn|foreign|replaced)(\.\d+)?$")
 READ_CHUNK = 1 << 20
 FIRST_LINE_LIMIT = 16 * READ_CHUNK  # looking for a first newline stops here
 

@@ -179,6 +179,11 @@ def _side_note(path: Path) -> str:
     size = path.stat().st_size
     if path.name.startswith(quarantine_path(Path(log_name)).name):
         return f"{path}: {size} bytes start-up cut off {log_name} as a torn tail; not part of the log"
+    if path.name.startswith(log_name + ".replaced"):
+        return (
+            f"{path}: {size} bytes the service kept of {log_name} when that live file was replaced or removed"
+            " behind it; not part of the log"
+        )
     first = first_line(path)
     what = "it is empty" if first is None else f"it begins with {describe_line(first[0])}"
     return f"{path}: a foreign file ({size} bytes) start-up moved aside from {log_name}; not part of the log: {what}"

@@ -18,7 +18,7 @@ import orjson
 
 from eventlog.db import Database, connect
 from eventlog.events import EventLogError
-from eventlog.recovery import repair_all
+from eventlog.recovery import Repair, repair_all
 from eventlog.store import LogStore, lock_root
 from eventlog.verify import RecordedFile
 from projections.projector import DeviceStop, Projector
@@ -34,6 +34,7 @@ class ReplayReport:
 
     events: int = 0
     stopped: list[DeviceStop] = field(default_factory=list)
+    repairs: list[Repair] = field(default_factory=list)  # torn tails cut and foreign files moved aside first
 
 
 async def replay_logs(
@@ -52,21 +53,27 @@ async def replay_logs(
     """
     lock = lock_root(root)  # the service must be stopped: replay drops what it writes to
     try:
-        repair_all(root)
+        repairs = repair_all(root)
         await SqlRecorder(db).reset()
-        if workers <= 1 or url is None:
-            total = 0
-
-            def add(events: int) -> None:
-                nonlocal total
-                total += events
-                if progress is not None:
-                    progress(total)
-
-            return await apply_log_share(db, root, 0, 1, add)
-        return await asyncio.get_running_loop().run_in_executor(None, _apply_in_processes, url, root, workers, progress)
+        report = await _apply(db, root, progress, url, workers)
+        report.repairs = repairs
+        return report
     finally:
         os.close(lock)
+
+
+async def _apply(db: Database, root: Path, progress: Counter | None, url: str | None, workers: int) -> ReplayReport:
+    if workers > 1 and url is not None:
+        return await asyncio.get_running_loop().run_in_executor(None, _apply_in_processes, url, root, workers, progress)
+    total = 0
+
+    def add(events: int) -> None:
+        nonlocal total
+        total += events
+        if progress is not None:
+            progress(total)
+
+    return await apply_log_share(db, root, 0, 1, add)
 
 
 async def apply_log_share(db: Database, root: Path, share: int, shares: int, on_batch: Counter) -> ReplayReport:

@@ -30,7 +30,10 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     for repair in await store.open():
         log.warning(
             repair.message,
-            extra={"file": str(repair.path), "quarantine": str(repair.quarantine), "bytes": repair.moved_bytes},
+            extra={
+                "file": str(repair.path), "quarantine": str(repair.quarantine), "bytes": repair.moved_bytes,
+                "kind": repair.kind, "reason": repair.reason,
+            },
         )
     recorder = SqlRecorder(db, auto_schema=settings.AUTO_APPLY_SCHEMA)
     projector = Projector(recorder, settings.SYNC_LOG_DIR, store.durable_end, store.devices)

@@ -118,6 +118,8 @@ async def _replay(db: Database, root: Path, url: str, workers: int) -> int:
     started = time.monotonic()
     report = await replay_logs(db, root, progress, url, workers)
     progress.done()
+    for repair in report.repairs:
+        print(repair.message, file=sys.stderr)
     elapsed = time.monotonic() - started
     count = report.events
     print(f"replayed {count} events in {elapsed:.1f} s ({count / max(elapsed, 1e-9):,.0f} events/s)")

@@ -27,6 +27,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from eventlog.recovery import TORN
 from service.errors import Handler
 from service.keys import DEAD_LETTERED, PROJECTOR, PUSH_OUTCOME, STORE, STORED_READINGS
 from service.scheduler import RETENTION_STATS, SYNC_STATS
@@ -154,13 +155,19 @@ class StateCollector(Collector):
 
     def _repairs(self) -> Iterator[Metric]:
         repairs = self._app[STORE].repairs if STORE in self._app else []
+        torn = [r for r in repairs if r.kind == TORN]
         yield CounterMetricFamily(
             "tlink_log_torn_tails_repaired", "Torn log tails moved to a .torn quarantine file at start-up.",
-            value=len(repairs),
+            value=len(torn),
         )  # fmt: skip
         yield CounterMetricFamily(
             "tlink_log_torn_quarantined_bytes", "Bytes of torn log tails moved to quarantine at start-up.",
-            value=sum(r.moved_bytes for r in repairs),
+            value=sum(r.moved_bytes for r in torn),
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "tlink_log_foreign_files_moved",
+            "Files not of this service's log format moved aside to .foreign at start-up.",
+            value=len(repairs) - len(torn),
         )  # fmt: skip
 
     def _projection(self) -> Iterator[Metric]:
