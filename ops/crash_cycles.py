@@ -67,7 +67,7 @@ import aiohttp
 import orjson
 import pymysql
 
-from eventlog.db import parse_database_url
+from eventlog.db import DatabaseUrl, parse_database_url
 from ops.bench_common import PROJECT, RESULTS, TLINK_PUSH, code_version, free_port, machine_facts, table
 from ops.private_mariadb import PrivateMariaDB, available
 
@@ -236,22 +236,22 @@ def mysql_database(server_url: str) -> Iterator[str]:
     """A new database on the server, dropped afterwards; yields its URL."""
     server = parse_database_url(server_url)
     name = f"tlink_crash_{uuid.uuid4().hex[:10]}"
-    admin = pymysql.connect(host=server.host, port=server.port, user=server.user, password=server.password,
-                            autocommit=True)  # fmt: skip
-    try:
-        admin.cursor().execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-    finally:
-        admin.close()
+    _admin(server, f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
     auth = server.user + (f":{server.password}" if server.password else "")
     try:
         yield f"mysql://{auth}@{server.host}:{server.port}/{name}"
     finally:
-        admin = pymysql.connect(host=server.host, port=server.port, user=server.user, password=server.password,
-                                autocommit=True)  # fmt: skip
-        try:
-            admin.cursor().execute(f"DROP DATABASE IF EXISTS {name}")
-        finally:
-            admin.close()
+        _admin(server, f"DROP DATABASE IF EXISTS {name}")
+
+
+def _admin(server: DatabaseUrl, statement: str) -> None:
+    """Run one statement on a connection of its own to the server."""
+    admin = pymysql.connect(host=server.host, port=server.port, user=server.user, password=server.password,
+                            autocommit=True)  # fmt: skip
+    try:
+        admin.cursor().execute(statement)
+    finally:
+        admin.close()
 
 
 # ---------------------------------------------------------------- the run

@@ -25,19 +25,9 @@ from eventlog.files import device_days, log_path
 from eventlog.store import Appended, LogStore, LogUnavailable
 from eventlog.verify import verify
 from service.keys import DATABASE, INGESTOR, PROJECTOR, STORE
-from tests.conftest import fixture_bytes
+from tests.conftest import Clock, fixture_bytes
 
 DAY = "2026-03-01"
-
-
-class Clock:
-    """A settable UTC clock."""
-
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture

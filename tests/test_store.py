@@ -15,16 +15,7 @@ from eventlog.files import device_days, log_path
 from eventlog.recovery import quarantine_path, repair_all
 from eventlog.store import LogStore, LogUnavailable
 from eventlog.verify import RecordedFile, verify
-
-
-class Clock:
-    """A settable UTC clock."""
-
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
+from tests.conftest import Clock
 
 
 @pytest.fixture
