@@ -34,9 +34,13 @@ MAX_FLAG_CHARS = 16  # flag's text (devices.last_flag VARCHAR(16))
 MAX_UNIT_CHARS = 64  # a sample's unit (sensors.unit VARCHAR(64))
 MAX_VALUE_CHARS = 1024  # a sample's value and reVal (TEXT: 65,535 bytes hold 1024 characters of 4 bytes)
 
-_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}$")
-_CLOCK_RE = re.compile(r"^\d{2}:\d{2}:\d{2}$")
-_INTEGER_TEXT_RE = re.compile(r"-?[0-9]+")
+# Numbers written as text: ASCII digits only, the whole text (no whitespace, no trailing
+# newline; `\d` and `int()` would also take "١٢٣" or "１٢", and `$` a final "\n").
+_TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}\Z")
+_CLOCK_RE = re.compile(r"[0-9]{2}:[0-9]{2}:[0-9]{2}\Z")
+_DIGITS_RE = re.compile(r"[0-9]+\Z")
+_SIGNED_DIGITS_RE = re.compile(r"[+-]?[0-9]+\Z")
+_INTEGER_TEXT_RE = re.compile(r"-?[0-9]+\Z")
 _INTEGER_TEXT_MAX = len(str(MIN_SENSOR_TYPE_ID))  # "-9223372036854775807": 20 characters
 _FIRST_DAY_WITH_A_DAY_BEFORE = datetime(MIN_YEAR, 1, 2)  # a reading time dated the day before must be on or after it
 _ONE_DAY = timedelta(days=1)
@@ -72,17 +76,32 @@ class ParsedPush:
     readings: list[Reading]
 
 
+def integer_text(text: str, max_digits: int = 19, signed: bool = False) -> int | None:
+    """The integer a text writes in ASCII digits (with `signed`, an optional leading '+' or '-'),
+    the whole text and at most `max_digits` digits; None for any other text. The one rule for
+    numbers given as text: push bodies, sync answers, path and query parameters."""
+    if len(text) > max_digits + (1 if signed else 0):
+        return None
+    if not (_SIGNED_DIGITS_RE if signed else _DIGITS_RE).match(text):
+        return None
+    if signed and len(text.lstrip("+-")) > max_digits:
+        return None
+    return int(text)
+
+
 def parse_id(value: Any, name: str) -> int:
-    """A positive integer id, from a JSON number or a string of digits."""
+    """A positive integer id, from a JSON number or a string of ASCII digits (nothing else)."""
     if isinstance(value, bool):
         raise InvalidBody(f"{name} must be an integer, got {value!r}")
-    if isinstance(value, str) and value.strip().isdigit():
-        try:
-            value = int(value.strip())
-        except ValueError:  # digits int() does not read ("²"), or more of them than it reads
-            raise InvalidBody(f"{name} must be an integer, got {_shown(value)}") from None
+    if isinstance(value, str):
+        number = integer_text(value)
+        if number is None:
+            raise InvalidBody(
+                f"{name} must be an integer (a number, or a string of at most 19 ASCII digits), got {_shown(value)}"
+            )
+        value = number
     if not isinstance(value, int):
-        raise InvalidBody(f"{name} must be an integer, got {value!r}")
+        raise InvalidBody(f"{name} must be an integer, got {_shown(value)}")
     if not 0 < value <= MAX_ID:
         raise InvalidBody(f"{name} must be a positive integer, got {value}")
     return value
@@ -91,7 +110,7 @@ def parse_id(value: Any, name: str) -> int:
 def parse_platform_time(text: Any, name: str = "time") -> datetime:
     """A TLINK 'YYYY-MM-DD HH:MM:SS' time ('T' accepted), no zone."""
     if not isinstance(text, str) or not _TIME_RE.match(text):
-        raise InvalidBody(f"{name} must be 'YYYY-MM-DD HH:MM:SS', got {text!r}")
+        raise InvalidBody(f"{name} must be 'YYYY-MM-DD HH:MM:SS' in ASCII digits, got {_shown(text)}")
     year = int(text[0:4])
     if not MIN_YEAR <= year <= MAX_YEAR:
         raise InvalidBody(f"{name} must have a year from {MIN_YEAR} to {MAX_YEAR}, got {text!r}")
@@ -151,7 +170,7 @@ def _check_sensor_type_id(value: Any, index: int) -> None:
     MAX_SENSOR_TYPE_ID, as a JSON number or a string of ASCII digits with an optional leading minus."""
     if value is None or value == "":
         return
-    if isinstance(value, str) and len(value) <= _INTEGER_TEXT_MAX and _INTEGER_TEXT_RE.fullmatch(value):
+    if isinstance(value, str) and len(value) <= _INTEGER_TEXT_MAX and _INTEGER_TEXT_RE.match(value):
         number = int(value)
     elif isinstance(value, int) and not isinstance(value, bool):
         number = value
@@ -169,7 +188,7 @@ def reading_time(sent: datetime, times: Any, index: int) -> datetime:
     if times is None or times == "":
         return sent
     if not isinstance(times, str) or not _CLOCK_RE.match(times):
-        raise InvalidBody(f"sensorsDates[{index}].times must be 'HH:MM:SS', got {times!r}")
+        raise InvalidBody(f"sensorsDates[{index}].times must be 'HH:MM:SS' in ASCII digits, got {_shown(times)}")
     try:
         clock = time(int(times[0:2]), int(times[3:5]), int(times[6:8]))
     except ValueError as exc:
@@ -227,23 +246,39 @@ def read_logged_push(body: Any) -> ParsedPush:
     """
     if not isinstance(body, dict) or not isinstance(body.get("sensorsDates"), list):
         raise InvalidBody("body must be a JSON object with a sensorsDates list")
-    device_id = parse_id(body.get("deviceId"), "deviceId")
-    user_id = parse_id(body.get("deviceUserid"), "deviceUserid")
-    sent = parse_platform_time(body.get("time"), "time")
+    device_id = _logged_id(body.get("deviceId"), "deviceId")
+    user_id = _logged_id(body.get("deviceUserid"), "deviceUserid")
+    sent = parse_platform_time(_logged_digits(body.get("time")), "time")
     readings = []
     for index, entry in enumerate(body["sensorsDates"]):
         if not isinstance(entry, dict):
             raise InvalidBody(f"sensorsDates[{index}] must be an object")
-        sensor_id = _sensor_id(entry.get("sensorsId"), index)
+        sensor_id = _logged_id(entry.get("sensorsId"), f"sensorsDates[{index}].sensorsId")
         times = entry.get("times")
+        moment = reading_time(sent, _logged_digits(times), index)
         readings.append(
             Reading(
-                sensor_id, reading_time(sent, times, index), _text(times), _cut(entry.get("value"), MAX_VALUE_CHARS),
+                sensor_id, moment, _text(times), _cut(entry.get("value"), MAX_VALUE_CHARS),
                 _cut(entry.get("reVal"), MAX_VALUE_CHARS), flag_bool(entry.get("isAlarm")),
                 flag_bool(entry.get("isLine")),
             )
         )  # fmt: skip
     return ParsedPush(device_id=device_id, user_id=user_id, sent=sent, readings=readings)
+
+
+def _logged_digits(value: Any) -> Any:
+    """A logged id or time as the rules before ASCII digits read it: surrounding whitespace
+    dropped, other decimal digits ("١٢٣", "１٢") as their ASCII digits."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text != value or not text.isascii():
+            return "".join(str(int(c)) if c.isdecimal() else c for c in text)
+    return value
+
+
+def _logged_id(value: Any, name: str) -> int:
+    """parse_id, also reading the ids earlier rules accepted (see _logged_digits)."""
+    return parse_id(_logged_digits(value), name)
 
 
 def _sensor_id(value: Any, index: int) -> int:

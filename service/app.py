@@ -40,7 +40,9 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     store.on_staged = projector.on_staged
     await projector.start()
     app[DATABASE], app[STORE], app[RECORDER], app[PROJECTOR] = db, store, recorder, projector
-    app[INGESTOR] = Ingestor(store, projector, recorder)
+    app[INGESTOR] = Ingestor(
+        store, projector, recorder, settings.MAX_SAMPLES_PER_PUSH, settings.MAX_SENSORS_PER_DEVICE
+    )
     app[DEAD_LETTERS] = DeadLetters(settings.SYNC_LOG_DIR)
     yield
     await store.close()  # in-flight appends finish first: they were (or will be) answered

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     MAX_PAGE_SIZE: int = Field(100, ge=1)
     DEFAULT_HISTORY_LIMIT: int = Field(50, ge=0)
     MAX_HISTORY_LIMIT: int = Field(1000, ge=1)
+    MAX_SAMPLES_PER_PUSH: int = Field(1000, ge=1)  # sensorsDates entries of one push; more is a 400
+    MAX_SENSORS_PER_DEVICE: int = Field(1000, ge=1)  # distinct sensorsId of one device; a push past it is a 400
     MAX_BODY_BYTES: int = Field(1_048_576, ge=1024)
     LOG_FORMAT: Literal["text", "json"] = "text"
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from eventlog.db import DatabaseError
+from eventlog.db import Database, DatabaseError
 from eventlog.events import PUSH, SYNC, body_digest
-from eventlog.readings import Reading, parse_push, remember_readings
+from eventlog.readings import InvalidBody, Reading, parse_id, parse_push, remember_readings
 from eventlog.store import Appended, LogStore
 from projections.projector import Projector
 from projections.recorder import Recorder
+from projections.sql_recorder import SqlRecorder
 
 log = logging.getLogger("tlink.ingest")
 
@@ -107,17 +108,89 @@ class KnownPushes:
             self._bounded.add(device_id)
 
 
+class DeviceSensors:
+    """The distinct sensor ids of each device, to keep it within MAX_SENSORS_PER_DEVICE.
+
+    The sensors read model has one row per (device, sensor). The ids of a device are read
+    from it once, on the device's first push whose rows are complete (the projector has
+    caught up with the device), and kept up to date with every push admitted since. Until
+    then (database down, projection behind) the count is of the sensors this process has
+    admitted for the device: a lower bound, so a push is never refused for sensors it
+    cannot see, and the cap holds from the first push after the database answers.
+    """
+
+    def __init__(self, db: Database | None, caught_up: Callable[[int], bool], limit: int) -> None:
+        self._db = db
+        self._caught_up = caught_up
+        self.limit = limit
+        self._known: dict[int, set[int]] = {}
+        self._loaded: set[int] = set()
+
+    async def admit(self, device_id: int, sensor_ids: set[int]) -> set[int]:
+        """Count a push's sensors in (returning those new to the device), or InvalidBody naming
+        the cap when the device would have more than `limit` sensors."""
+        known = self._known.get(device_id)
+        if known is not None and device_id in self._loaded and sensor_ids <= known:
+            return set()  # the common case: nothing new
+        if device_id not in self._loaded:
+            await self._load(device_id)
+        known = self._known.setdefault(device_id, set())
+        new = sensor_ids - known  # no await from here on: the check and the count are one step
+        if len(known) + len(new) > self.limit:
+            raise InvalidBody(
+                f"sensorsDates: device {device_id} would have {len(known) + len(new)} sensors (sensorsId) with this"
+                f" push, {len(new)} of them new: at most {self.limit} per device (MAX_SENSORS_PER_DEVICE)"
+            )
+        known |= new
+        return new
+
+    def withdraw(self, device_id: int, sensor_ids: set[int]) -> None:
+        """Uncount sensors `admit` counted in for a push that was not stored after all."""
+        self._known.get(device_id, set()).difference_update(sensor_ids)
+
+    def forget(self, device_id: int) -> None:
+        """Read the device's sensors from the database again (a sync may have added some)."""
+        self._loaded.discard(device_id)
+
+    async def _load(self, device_id: int) -> None:
+        if self._db is None or not self._caught_up(device_id):
+            return
+        try:
+            rows = await self._db.fetchall("SELECT sensor_id FROM sensors WHERE device_id = %s", (device_id,))
+        except DatabaseError as exc:
+            log.debug("sensor count of device %s not read: %s", device_id, exc)
+            return
+        self._known.setdefault(device_id, set()).update(int(r[0]) for r in rows)
+        self._loaded.add(device_id)
+
+
 class Ingestor:
     """The write side: check, append durably, project, answer."""
 
-    def __init__(self, store: LogStore, projector: Projector, recorder: Recorder) -> None:
+    def __init__(
+        self,
+        store: LogStore,
+        projector: Projector,
+        recorder: Recorder,
+        max_samples_per_push: int = 1000,
+        max_sensors_per_device: int = 1000,
+    ) -> None:
         self.store = store
         self.projector = projector
         self.known = KnownPushes(recorder, projector.caught_up)
+        self.max_samples_per_push = max_samples_per_push
+        db = recorder.db if isinstance(recorder, SqlRecorder) else None
+        self.sensors = DeviceSensors(db, projector.caught_up, max_sensors_per_device)
         self._inflight: dict[PushKey, asyncio.Future[str | None]] = {}
 
     async def push(self, body: dict[str, Any]) -> PushResult:
         """Store one push body (InvalidBody if it cannot be accepted)."""
+        entries = body.get("sensorsDates")
+        if isinstance(entries, list) and len(entries) > self.max_samples_per_push:
+            raise InvalidBody(
+                f"sensorsDates has {len(entries)} samples: at most {self.max_samples_per_push} per push"
+                " (MAX_SAMPLES_PER_PUSH)"
+            )
         parsed = parse_push(body)
         key = (parsed.device_id, body_digest(body))
         while (earlier := self._inflight.get(key)) is not None:  # the same body is being stored now
@@ -131,9 +204,14 @@ class Ingestor:
             if stored is not None:
                 future.set_result(stored)
                 return PushResult(stored, 0, True, True)
+            new_sensors = await self.sensors.admit(parsed.device_id, {r.sensor_id for r in parsed.readings})
             event = self.store.new_event(PUSH, parsed.device_id, parsed.user_id, body)
             remember_readings(event.id, parsed.readings, key[1], parsed.sent)
-            appended = await self.store.append(event)
+            try:
+                appended = await self.store.append(event)
+            except BaseException:
+                self.sensors.withdraw(parsed.device_id, new_sensors)
+                raise
             self.known.remember(key, appended.event.id, parsed.sent)
             future.set_result(appended.event.id)
         finally:
@@ -147,7 +225,9 @@ class Ingestor:
         self, user_id: int, device: dict[str, Any], readings: list[Reading] | None = None
     ) -> Appended:
         """Store one device object pulled from TLINK (with its `readings`, if already read) and project it."""
-        return await self.record(SYNC, int(device["id"]), user_id, device, readings)
+        device_id = parse_id(device["id"], "id")
+        self.sensors.forget(device_id)  # its sensors list may name new sensors: count them again
+        return await self.record(SYNC, device_id, user_id, device, readings)
 
     async def record(
         self, type_: str, device_id: int, user_id: int, body: dict[str, Any], readings: list[Reading] | None = None

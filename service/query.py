@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from eventlog import readings
 from eventlog.events import EVENT_TYPES
 from eventlog.history import Window
 from eventlog.readings import MAX_ID, InvalidBody, parse_platform_time
@@ -72,9 +73,10 @@ def _positive(name: str, text: str) -> int:
 
 
 def _integer(name: str, text: str) -> int:
-    if not re.fullmatch(r"[+-]?\d{1,19}", text.strip()):
-        raise ApiError(400, f"{name} must be an integer, got {text!r}")
-    return int(text)
+    value = readings.integer_text(text, signed=True)  # ASCII digits only, no whitespace: the rule of push bodies
+    if value is None:
+        raise ApiError(400, f"{name} must be an integer of at most 19 ASCII digits, got {text!r}")
+    return value
 
 
 def integer(request: web.Request, param: Param, default: int, minimum: int) -> int:

@@ -6,10 +6,10 @@ import hashlib
 import hmac
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from eventlog.readings import InvalidBody
+from service.body import parse_object
 from service.errors import ApiError, json_response
 from service.keys import DEAD_LETTERED, DEAD_LETTERS, INGESTOR, PUSH_OUTCOME, SETTINGS, STORED_READINGS
 
@@ -40,16 +40,9 @@ def authenticate(request: web.Request, body: bytes) -> None:
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object, or InvalidBody saying why not."""
-    if not body or body.isspace():
-        raise InvalidBody("empty body: expected a JSON object")
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidBody(f"invalid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidBody("body must be a JSON object")
-    return doc
+    """The body as a JSON object holding exactly what it says, or InvalidBody saying why not
+    (see service.body: nesting depth, duplicate keys, numbers a double does not hold)."""
+    return parse_object(body)
 
 
 async def receive_push(request: web.Request) -> web.Response:
