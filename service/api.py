@@ -95,7 +95,7 @@ def latest_part(sensor: SensorView) -> dict[str, Any] | None:
         return None
     s = sensor
     return reading_part(
-        Reading(s.sensor_id, s.latest_recorded_at, s.latest_sensor_timestamp, s.latest_value, s.latest_raw_value,
+        Reading(s.sensor_id, sensor.latest_recorded_at, s.latest_sensor_timestamp, s.latest_value, s.latest_raw_value,
                 s.is_alarm, s.is_line)
     )  # fmt: skip
 

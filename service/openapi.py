@@ -140,7 +140,9 @@ def _parameter(param: Param, settings: Settings) -> dict[str, Any]:
     schema = dict(param.schema)
     if param is query.PAGE_SIZE:
         schema["default"] = settings.DEFAULT_PAGE_SIZE
-        description = f"{param.description} to MAX_PAGE_SIZE ({settings.MAX_PAGE_SIZE})"
+        description = f"{param.description} to MAX_PAGE_SIZE ({settings.MAX_PAGE_SIZE}); over {query.MAX_PAGE} is a 400"
+    elif param is query.PAGE:
+        description = f"{param.description}; over {query.MAX_PAGE} is a 400"
     elif param is query.HISTORY_LIMIT:
         schema.update(default=settings.DEFAULT_HISTORY_LIMIT, maximum=settings.MAX_HISTORY_LIMIT)
         description = f"{param.description}; over MAX_HISTORY_LIMIT ({settings.MAX_HISTORY_LIMIT}) is a 400"

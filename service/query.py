@@ -16,11 +16,25 @@ from aiohttp import web
 from eventlog import readings
 from eventlog.events import EVENT_TYPES
 from eventlog.history import Window
-from eventlog.readings import MAX_ID, InvalidBody, parse_platform_time
+from eventlog.readings import MAX_ID, MAX_YEAR, MIN_YEAR, InvalidBody, parse_platform_time
 from service.errors import ApiError
 
-_DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_TIME_PATTERN = r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}$"
+MAX_PAGE = 1_000_000_000  # page and pageSize above it are a 400 (pageSize over MAX_PAGE_SIZE is capped first)
+
+# Dates as regular expressions (the same text in Python and in the document's ECMA-262
+# patterns): exactly the real Gregorian dates of the years MIN_YEAR..MAX_YEAR, ASCII digits
+# only, so the document's pattern and the service accept and refuse the same values.
+assert (MIN_YEAR, MAX_YEAR) == (1000, 9999), "the year pattern below spells out this range"
+_YEAR = "[1-9][0-9]{3}"
+_LEAP_YEAR = "(?:[1-9][0-9](?:0[48]|[2468][048]|[13579][26])|(?:[2468][048]|[13579][26])00)"
+_DATE = (
+    f"(?:{_YEAR}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
+    f"|{_LEAP_YEAR}-02-29)"
+)
+_CLOCK = "(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+_DAY_RE = re.compile(f"^{_DATE}$")
+_TIME_PATTERN = f"^{_DATE}[ T]{_CLOCK}$"
+_TIME_RE = re.compile(_TIME_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,23 +48,32 @@ class Param:
     required: bool = field(default=False)
 
 
-USER_ID = Param("userId", "path", {"type": "integer", "minimum": 1}, "TLINK user id", True)
-DEVICE_ID = Param("deviceId", "path", {"type": "integer", "minimum": 1}, "TLINK device id", True)
-DEVICE_FILTER = Param("deviceId", "query", {"type": "integer", "minimum": 1}, "only this device (404 if not theirs)")
+_ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+USER_ID = Param("userId", "path", _ID, "TLINK user id", True)
+DEVICE_ID = Param("deviceId", "path", _ID, "TLINK device id", True)
+DEVICE_FILTER = Param("deviceId", "query", _ID, "only this device (404 if not theirs)")
 START_TIME = Param(
     "startTime", "query", {"type": "string", "pattern": _TIME_PATTERN},
-    "earliest reading time, inclusive: YYYY-MM-DD HH:MM:SS (or with T), platform time",
+    "earliest reading time, inclusive: YYYY-MM-DD HH:MM:SS (or with T), platform time;"
+    " a real date of the years 1000 to 9999",
 )  # fmt: skip
 END_TIME = Param(
     "endTime", "query", {"type": "string", "pattern": _TIME_PATTERN},
-    "latest reading time, inclusive: YYYY-MM-DD HH:MM:SS (or with T), platform time",
+    "latest reading time, inclusive: YYYY-MM-DD HH:MM:SS (or with T), platform time;"
+    " a real date of the years 1000 to 9999",
 )  # fmt: skip
-PAGE = Param("page", "query", {"type": "integer", "minimum": 1, "default": 1}, "1-based page number")
-PAGE_SIZE = Param("pageSize", "query", {"type": "integer", "minimum": 1}, "items per page; larger values are capped")
+PAGE = Param(
+    "page", "query", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1}, "1-based page number"
+)
+PAGE_SIZE = Param(
+    "pageSize", "query", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+    "items per page; larger values are capped",
+)  # fmt: skip
 HISTORY_LIMIT = Param("historyLimit", "query", {"type": "integer", "minimum": 0}, "readings per sensor, newest first")
 DAY = Param(
-    "day", "query", {"type": "string", "pattern": _DAY_RE.pattern}, "only this UTC day's file (YYYY-MM-DD)"
-)
+    "day", "query", {"type": "string", "pattern": _DAY_RE.pattern},
+    "only this UTC day's file (YYYY-MM-DD, a real date of the years 1000 to 9999)",
+)  # fmt: skip
 EVENT_TYPE = Param("type", "query", {"type": "string", "enum": sorted(EVENT_TYPES)}, "only events of this type")
 
 
@@ -68,7 +91,7 @@ def optional_id(request: web.Request, param: Param) -> int | None:
 def _positive(name: str, text: str) -> int:
     value = _integer(name, text)
     if not 0 < value <= MAX_ID:
-        raise ApiError(400, f"{name} must be a positive integer, got {text!r}")
+        raise ApiError(400, f"{name} must be a positive integer at most {MAX_ID}, got {text!r}")
     return value
 
 
@@ -79,19 +102,26 @@ def _integer(name: str, text: str) -> int:
     return value
 
 
-def integer(request: web.Request, param: Param, default: int, minimum: int) -> int:
-    """An integer from the query (default when absent), at least `minimum`."""
+def integer(request: web.Request, param: Param, default: int, minimum: int, maximum: int | None = None) -> int:
+    """An integer from the query (default when absent), at least `minimum` and at most `maximum`.
+
+    `maximum` defaults to the declaration's schema maximum, so the document states it.
+    """
     text = request.query.get(param.name)
     if text is None:
         return default
     value = _integer(param.name, text)
     if value < minimum:
         raise ApiError(400, f"{param.name} must be at least {minimum}, got {value}")
+    if maximum is None:
+        maximum = param.schema.get("maximum")
+    if maximum is not None and value > maximum:
+        raise ApiError(400, f"{param.name} must be at most {maximum}, got {value}")
     return value
 
 
 def page(request: web.Request, default_size: int, max_size: int) -> tuple[int, int]:
-    """(page, pageSize): pageSize over the maximum is capped to it."""
+    """(page, pageSize): each at most MAX_PAGE (400); pageSize over `max_size` is capped to it."""
     return integer(request, PAGE, 1, 1), min(integer(request, PAGE_SIZE, default_size, 1), max_size)
 
 
@@ -107,8 +137,11 @@ def _time(request: web.Request, param: Param) -> datetime | None:
     text = request.query.get(param.name)
     if text is None:
         return None
+    if not _TIME_RE.fullmatch(text):  # exactly the document's pattern: no spaces around, a real date
+        raise ApiError(400, f"{param.name} must be a real date and time 'YYYY-MM-DD HH:MM:SS' (years {MIN_YEAR}"
+                            f" to {MAX_YEAR}), got {text!r}")  # fmt: skip
     try:
-        return parse_platform_time(text.strip(), param.name)
+        return parse_platform_time(text, param.name)
     except InvalidBody as exc:
         raise ApiError(400, str(exc)) from None
 
@@ -122,16 +155,12 @@ def window(request: web.Request) -> Window:
 
 
 def day(request: web.Request) -> str | None:
-    """day=YYYY-MM-DD, a real date."""
+    """day=YYYY-MM-DD, a real date (exactly the document's pattern)."""
     text = request.query.get(DAY.name)
     if text is None:
         return None
-    try:
-        if not _DAY_RE.match(text):
-            raise ValueError
-        datetime.strptime(text, "%Y-%m-%d")
-    except ValueError:
-        raise ApiError(400, f"day must be a date YYYY-MM-DD, got {text!r}") from None
+    if not _DAY_RE.fullmatch(text):
+        raise ApiError(400, f"day must be a real date YYYY-MM-DD (years {MIN_YEAR} to {MAX_YEAR}), got {text!r}")
     return text
 
 
