@@ -84,6 +84,16 @@ class Settings(BaseSettings):
     def _split(cls, value: object) -> list[str]:
         return _csv(value)
 
+    @field_validator("API_KEYS", mode="before")
+    @classmethod
+    def _some_key(cls, value: object) -> object:
+        # Empty means no keys (an open read API); a value with no key in it ("," or blanks) is a mistake.
+        # Defined after _split, so it runs before it (pydantic runs "before" validators last-defined first)
+        # and sees the value as given.
+        if isinstance(value, str | list) and len(value) > 0 and not _csv(value):
+            raise ValueError("has no key in it (commas and blanks only); leave it empty for an open read API")
+        return value
+
     @field_validator("TLINK_SYNC_USER_IDS", mode="before")
     @classmethod
     def _user_ids(cls, value: object) -> list[int]:
