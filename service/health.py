@@ -3,24 +3,61 @@
 /api/health answers as long as the process serves requests. /api/ready is 200 only when
 the service can do its job: the log root is writable, the database answers, and the
 projector is running and not behind; otherwise 503 with the reasons.
+
+Both are exempt from API_KEYS, so /api/ready tells an anonymous caller only which check
+failed: the database's own message (host, port, driver text) is never in the answer, and
+the log root's path, the projector's error and the reason a device's projection stopped
+are shown only to a request that may read the data (a valid API key, or API_KEYS unset).
+The details are in the service log, once each time they change.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
-from eventlog.db import Database, DatabaseError
+from eventlog.db import Database, DatabaseError, DatabaseUnavailable
 from eventlog.files import log_path
-from projections.projector import Projector
+from projections.projector import DeviceStop, Projector
 from service.api import answer
+from service.auth import key_ok
 from service.keys import DATABASE, PROJECTOR, SETTINGS
 from service.schemas import Check, HealthAnswer, ProjectionCheck, ReadyAnswer, StoppedDevice
 
 PING_TIMEOUT = 2.0
+
+log = logging.getLogger("tlink.health")
+
+DATABASE_UNREACHABLE = "cannot connect (the service log has the details)"
+DATABASE_ERROR = "the test query failed (the service log has the details)"
+PROJECTOR_FAILED = "the projector stopped on an error (the service log has it)"
+STOP_NOT_AN_EVENT = "not a valid event line (the service log has the details)"
+STOP_NOT_APPLIED = "the line cannot be applied (the service log has the details)"
+
+
+@dataclass(slots=True)
+class ReadyNotes:
+    """The failed checks' details last logged, so that each is logged once when it changes."""
+
+    logged: dict[str, str | None] = field(default_factory=dict)
+
+    def note(self, check: str, detail: str | None) -> None:
+        """Log `detail` (None: the check passes) if it differs from the one last logged for `check`."""
+        if self.logged.get(check) == detail:
+            return
+        if detail is not None:
+            log.warning("readiness check %s failed: %s", check, detail, extra={"check": check})
+        elif self.logged.get(check) is not None:
+            log.info("readiness check %s passes again", check, extra={"check": check})
+        self.logged[check] = detail
+
+
+NOTES = web.AppKey("ready_notes", ReadyNotes)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -28,29 +65,51 @@ async def health(request: web.Request) -> web.Response:
     return answer(HealthAnswer, {"status": "ok"})
 
 
-def log_root_check(root: Path) -> Check:
-    """The log root exists and this process may write to it."""
+def log_root_check(root: Path, detailed: bool = True) -> Check:
+    """The log root exists and this process may write to it (`detailed`: naming the folder)."""
+    where = f"log root {root}" if detailed else "log root"
     if not root.is_dir():
-        return Check(ok=False, detail=f"log root {root} does not exist")
+        return Check(ok=False, detail=f"{where} does not exist")
     if not os.access(root, os.W_OK):
-        return Check(ok=False, detail=f"log root {root} is not writable")
+        return Check(ok=False, detail=f"{where} is not writable")
     return Check(ok=True)
 
 
-async def database_check(db: Database) -> Check:
-    """A trivial query answers within PING_TIMEOUT seconds."""
+async def database_check(db: Database, notes: ReadyNotes | None = None) -> Check:
+    """A trivial query answers within PING_TIMEOUT seconds.
+
+    The detail is a fixed sentence; the database's own message goes to `notes` (the log).
+    """
+    logged: str | None = None
+    check = Check(ok=True)
     try:
         await asyncio.wait_for(db.ping(), PING_TIMEOUT)
     except TimeoutError:
-        return Check(ok=False, detail=f"database did not answer within {PING_TIMEOUT:g} s")
+        check = Check(ok=False, detail=f"database did not answer within {PING_TIMEOUT:g} s")
+        logged = check.detail
+    except DatabaseUnavailable as exc:
+        check, logged = Check(ok=False, detail=DATABASE_UNREACHABLE), f"cannot connect: {exc}"
     except DatabaseError as exc:
-        return Check(ok=False, detail=str(exc))
-    return Check(ok=True)
+        check, logged = Check(ok=False, detail=DATABASE_ERROR), f"the test query failed: {exc}"
+    if notes is not None:
+        notes.note("database", logged)
+    return check
 
 
-def projection_check(projector: Projector) -> ProjectionCheck:
-    """The projector runs, and neither devices nor queued events wait for more than a batch."""
+def _stop_reason(stop: DeviceStop, detailed: bool) -> str:
+    if detailed:
+        return stop.reason
+    return STOP_NOT_AN_EVENT if stop.event_id is None else STOP_NOT_APPLIED
+
+
+def projection_check(projector: Projector, detailed: bool = True) -> ProjectionCheck:
+    """The projector runs, and neither devices nor queued events wait for more than a batch.
+
+    Without `detailed`, the projector's error and the devices' stop reasons are fixed sentences.
+    """
     failed = None if projector.failed is None else str(projector.failed) or type(projector.failed).__name__
+    if failed is not None and not detailed:
+        failed = PROJECTOR_FAILED
     behind, queued = projector.behind, projector.queued
     ok = failed is None and behind == 0 and queued <= projector.batch_limit
     stopped = [
@@ -59,7 +118,7 @@ def projection_check(projector: Projector) -> ProjectionCheck:
             file=str(log_path(projector.root, stop.device_id, stop.day).relative_to(projector.root)),
             line=stop.line_no,
             eventId=stop.event_id,
-            reason=stop.reason,
+            reason=_stop_reason(stop, detailed),
         )
         for stop in sorted(projector.stopped.values(), key=lambda stop: stop.device_id)
     ]
@@ -82,11 +141,22 @@ def reasons(log_root: Check, database: Check, projection: ProjectionCheck) -> li
     return found
 
 
+def may_see_details(request: web.Request) -> bool:
+    """Whether the request may read the data: API_KEYS is unset, or it carries a valid key."""
+    keys = request.app[SETTINGS].API_KEYS
+    return not keys or key_ok(keys, request.headers.get("Authorization"))
+
+
 async def ready(request: web.Request) -> web.Response:
     """GET /api/ready"""
-    log_root = log_root_check(request.app[SETTINGS].SYNC_LOG_DIR)
-    database = await database_check(request.app[DATABASE])
-    projection = projection_check(request.app[PROJECTOR])
+    settings, notes = request.app[SETTINGS], request.app[NOTES]
+    detailed = may_see_details(request)
+    log_root = log_root_check(settings.SYNC_LOG_DIR)
+    notes.note("logRoot", log_root.detail)
+    if not detailed:
+        log_root = log_root_check(settings.SYNC_LOG_DIR, detailed)
+    database = await database_check(request.app[DATABASE], notes)
+    projection = projection_check(request.app[PROJECTOR], detailed)
     found = reasons(log_root, database, projection)
     data = {
         "status": "not ready" if found else "ready",
@@ -102,5 +172,6 @@ async def ready(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     """Register /api/health and /api/ready."""
+    app[NOTES] = ReadyNotes()
     app.router.add_get("/api/health", health)
     app.router.add_get("/api/ready", ready)
