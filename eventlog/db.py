@@ -34,6 +34,10 @@ class DatabaseUnavailable(DatabaseError):
     """The database cannot be reached right now."""
 
 
+class DatabaseMissing(DatabaseError):
+    """A database opened with create=False does not exist (an SQLite file that is not there)."""
+
+
 @dataclass(frozen=True, slots=True)
 class DatabaseUrl:
     """A parsed DATABASE_URL."""
@@ -164,8 +168,9 @@ class SqliteDatabase(Database):
 
     kind = "sqlite"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, create: bool = True) -> None:
         self.path = path
+        self.create = create  # False: never create the file or its folder (read-only commands)
         self._writer: Any = None
         self._reader: Any = None
         self._lock = asyncio.Lock()
@@ -173,7 +178,16 @@ class SqliteDatabase(Database):
     async def _connect(self) -> Any:
         import aiosqlite
 
-        conn = await aiosqlite.connect(str(self.path), isolation_level=None)
+        if self.create or str(self.path) == ":memory:":
+            conn = await aiosqlite.connect(str(self.path), isolation_level=None)
+        else:  # mode=rw: an existing file only, even if it disappears meanwhile
+            import sqlite3
+
+            try:
+                uri = f"{self.path.resolve().as_uri()}?mode=rw"
+                conn = await aiosqlite.connect(uri, isolation_level=None, uri=True)
+            except sqlite3.OperationalError as exc:
+                raise DatabaseMissing(f"no database at {self.path}: {exc}") from exc
         await conn.execute("PRAGMA journal_mode=WAL")
         await conn.execute("PRAGMA synchronous=FULL")
         await conn.execute("PRAGMA busy_timeout=30000")
@@ -181,9 +195,12 @@ class SqliteDatabase(Database):
         return conn
 
     async def open(self) -> None:
-        """Create the file's folder and connect."""
+        """Create the file's folder and connect (with create=False: DatabaseMissing if there is no file)."""
         if str(self.path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.create and not self.path.is_file():
+                raise DatabaseMissing(f"no database at {self.path}")
+            if self.create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = await self._connect()
         self._reader = await self._connect() if str(self.path) != ":memory:" else self._writer
 
@@ -506,10 +523,14 @@ class MysqlDatabase(Database):
             self._pool = None
 
 
-async def connect(url: str, **kwargs: Any) -> Database:
-    """A Database for a DATABASE_URL (not yet connected: the first use connects)."""
+async def connect(url: str, create: bool = True, **kwargs: Any) -> Database:
+    """A Database for a DATABASE_URL (not yet connected: the first use connects).
+
+    `create=False` never creates a database: an SQLite file that does not exist raises
+    DatabaseMissing on first use (a MySQL database is never created either way).
+    """
     parsed = parse_database_url(url)
     if parsed.kind == "sqlite":
         assert parsed.path is not None
-        return SqliteDatabase(parsed.path)
+        return SqliteDatabase(parsed.path, create=create)
     return MysqlDatabase(parsed, **kwargs)

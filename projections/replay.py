@@ -22,7 +22,7 @@ from eventlog.recovery import Repair, repair_all
 from eventlog.store import LogStore, lock_root
 from eventlog.verify import RecordedFile
 from projections.projector import DeviceStop, Projector
-from projections.schema import apply_schema
+from projections.schema import SCHEMA_VERSION, apply_schema, stored_version
 from projections.sql_recorder import SqlRecorder
 
 Counter = Callable[[int], None]
@@ -135,8 +135,13 @@ def _apply_share_process(url: str, root: str, share: int, shares: int, applied: 
     asyncio.run(run())
 
 
-async def recorded_files(db: Database) -> dict[tuple[int, str], RecordedFile]:
-    """Each file's applied line count and last-line hash as the database has them."""
-    await apply_schema(db)
+async def recorded_files(db: Database) -> dict[tuple[int, str], RecordedFile] | None:
+    """Each file's applied line count and last-line hash as the database has them; None when it
+    holds none of our tables. Read-only: creates nothing (SchemaOutdated for tables of another version)."""
+    version = await stored_version(db)
+    if version is None:
+        return None
+    if version != SCHEMA_VERSION:
+        await apply_schema(db)  # raises SchemaOutdated before it would create anything
     rows = await db.fetchall("SELECT device_id, log_day, line_count, last_hash, pruned FROM log_files")
     return {(int(r[0]), str(r[1])): RecordedFile(int(r[2]), str(r[3]), bool(r[4])) for r in rows}

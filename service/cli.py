@@ -12,9 +12,9 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from eventlog.db import Database, DatabaseError, connect
+from eventlog.db import Database, DatabaseError, DatabaseMissing, connect
 from eventlog.events import EventLogError
-from eventlog.verify import verify
+from eventlog.verify import RecordedFile, verify
 from projections.errors import ProjectionError
 from projections.projector import DeviceStop
 from projections.rebuild import rebuild
@@ -164,7 +164,7 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("verify", "check every hash chain and the last-line hashes recorded in the database", _verify_arguments)
 def verify_command(args: argparse.Namespace, settings: Settings) -> int:
-    recorded = {} if args.no_db else with_db(settings, recorded_files)
+    recorded = {} if args.no_db else asyncio.run(_recorded_files(settings.DATABASE_URL))
     progress = Progress("verify: lines")
     report = verify(settings.SYNC_LOG_DIR, recorded, progress)
     progress.done()
@@ -173,8 +173,27 @@ def verify_command(args: argparse.Namespace, settings: Settings) -> int:
     if not report.ok:
         print(f"FAILED: {report.failure}")
         return 1
+    if report.files == 0:
+        print(f"FAILED: nothing to verify: no log files in {settings.SYNC_LOG_DIR.absolute()} (SYNC_LOG_DIR)")
+        return 1
     print(f"OK: {report.files} files, {report.lines} lines, every hash chain intact")
     return 0
+
+
+async def _recorded_files(url: str) -> dict[tuple[int, str], RecordedFile] | None:
+    """What the database recorded, opened without creating anything; None (noted) when there is none."""
+    db = await connect(url, create=False)
+    try:
+        await db.ping()
+        recorded = await recorded_files(db)
+    except DatabaseMissing as exc:
+        print(f"note: {exc}: checking the hash chains only")
+        return None
+    finally:
+        await db.close()
+    if recorded is None:
+        print("note: the database holds no tables of this service: checking the hash chains only")
+    return recorded
 
 
 # ---------------------------------------------------------------- main
