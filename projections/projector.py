@@ -501,9 +501,25 @@ class Projector:
                 del self._staged[event_id]
 
     def _note_unavailable(self, exc: BaseException) -> None:
+        """Log the database's loss (or its absence at start-up) once; its return is logged by `available`."""
         if self.available:
-            log.warning("database unavailable; events stay in the log until it returns: %s", exc)
+            log.error("database connection lost; events stay in the log until it returns: %s", exc)
+        elif not getattr(self, "_outage_logged", False):
+            log.error("database cannot be reached at start-up; events stay in the log until it answers: %s", exc)
+        self._outage_logged = True
         self.available = False
+
+    @property
+    def available(self) -> bool:
+        """Did the last attempt reach the recorder? Setting it True after a logged outage logs the return."""
+        return getattr(self, "_available", False)
+
+    @available.setter
+    def available(self, value: bool) -> None:
+        if value and not self.available and getattr(self, "_outage_logged", False):
+            log.info("database reachable again; the read models catch up with the log")
+            self._outage_logged = False
+        self._available = value
 
     def _fail(self, exc: BaseException) -> None:
         self.failed = exc
