@@ -55,12 +55,12 @@ DEVICE_FILTER = Param("deviceId", "query", _ID, "only this device (404 if not th
 START_TIME = Param(
     "startTime", "query", {"type": "string", "pattern": _TIME_PATTERN},
     "earliest reading time, inclusive: YYYY-MM-DD HH:MM:SS (or with T), platform time;"
-    " a real date of the years 1000 to 9999",
+    " a real date of the years 1000 to 9999; after endTime is a 400 (a schema cannot say so)",
 )  # fmt: skip
 END_TIME = Param(
     "endTime", "query", {"type": "string", "pattern": _TIME_PATTERN},
     "latest reading time, inclusive: YYYY-MM-DD HH:MM:SS (or with T), platform time;"
-    " a real date of the years 1000 to 9999",
+    " a real date of the years 1000 to 9999; before startTime is a 400 (a schema cannot say so)",
 )  # fmt: skip
 PAGE = Param(
     "page", "query", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1}, "1-based page number"
