@@ -127,6 +127,16 @@ REJECTED = [
         id="duplicate-sample",
     ),
     pytest.param(with_raw_field('"deviceId" : 5001'), "body: duplicate key 'deviceId'", id="duplicate-spaced"),
+    pytest.param(
+        with_raw_field('"deviceId": 5001, "extra": "\\u003a"'),
+        "body: duplicate key 'deviceId'",
+        id="duplicate-with-escaped-colon",
+    ),
+    pytest.param(
+        with_raw_field('"unit": "a", "unit": "b:c"', in_sample=True),
+        "sensorsDates[0]: duplicate key 'unit'",
+        id="duplicate-with-colon-in-value",
+    ),
     pytest.param(with_raw_field(f'"extra": {2**64}'), f"extra: integer {2**64} is outside", id="int-2^64"),
     pytest.param(
         with_raw_field(f'"extra": {-(2**63) - 1}', in_sample=True),
@@ -158,6 +168,7 @@ ACCEPTED = [
     pytest.param(with_raw_field('"extra": [0.0, -0.0, 0e-400, 1e19, 2.5e-300, 1.5]'), id="floats"),
     pytest.param(with_raw_field('"extra" : "a\\": b", "other":"\\":"'), id="quote-colon-in-strings"),
     pytest.param(SAMPLE_BYTES.replace(b'": ', b'" :\n '), id="spaced-colons"),
+    pytest.param(with_raw_field('"extra": "\\u003a:\\u003A"'), id="escaped-colons"),
     pytest.param(samples(1000), id="samples-at-cap"),
 ]
 
