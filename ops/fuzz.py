@@ -817,11 +817,7 @@ def run_schemathesis(mode: str, max_examples: int, seed_value: int, workdir: Pat
         command += ["--header", f"Authorization: Bearer {keys}"]
     started = time.monotonic()
     try:
-        push = FIXTURE.read_bytes()
-        conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
-        conn.request("POST", "/api/webhooks/tlink", body=push, headers={"Content-Type": "application/json"})
-        seeded = conn.getresponse().status
-        conn.close()
+        seeded = seed_pushes(service.port)
         done = subprocess.run(command, cwd=service.workdir, capture_output=True, text=True, timeout=3600,
                               env={**os.environ, "NO_COLOR": "1"})  # fmt: skip
     finally:
@@ -844,6 +840,21 @@ def run_schemathesis(mode: str, max_examples: int, seed_value: int, workdir: Pat
         "reproductions": _reproductions(output.replace(service.base, "http://<service>")),
         "output_tail": "" if doc else output[-3000:],
     }  # fmt: skip
+
+
+def seed_pushes(port: int) -> int:
+    """Push the fixture, and a copy as user 1, device 1, sensors 1-3 (ids the schema's boundary cases use), so
+    that the read operations have data to answer with; the highest status."""
+    body = sample_push()
+    copy = {**body, "deviceId": 1, "deviceUserid": 1}
+    copy["sensorsDates"] = [{**sample, "sensorsId": i} for i, sample in enumerate(body["sensorsDates"], start=1)]
+    statuses = []
+    for doc in (body, copy):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/api/webhooks/tlink", body=json.dumps(doc), headers={"Content-Type": "application/json"})
+        statuses.append(conn.getresponse().status)
+        conn.close()
+    return max(statuses)
 
 
 def _reproductions(output: str, chars: int = 20_000) -> str:
@@ -911,7 +922,10 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = args.out / f"fuzz-{stamp}.json"
     document = {"at": stamp, "machine": machine_facts(), "code": code_version(), **result}
-    path.write_text(json.dumps(document, indent=2, default=str, ensure_ascii=False) + "\n")
+    text = json.dumps(document, indent=2, default=str, ensure_ascii=False)
+    for folder, name in ((workdir, "<workdir>"), (PROJECT, "<project>")):  # no paths of this machine
+        text = text.replace(json.dumps(str(folder))[1:-1], name)
+    path.write_text(text + "\n")
     print(summary(result))
     print(f"results: {path}")
     if args.keep or failed:
