@@ -598,6 +598,7 @@ class WebhookRun:
     statuses: Counter[int] = field(default_factory=Counter)
     cases: int = 0
     examples: dict[int, dict[str, Any]] = field(default_factory=dict)  # the first case of each status
+    previous: Case | None = None
     conn: http.client.HTTPConnection | None = None
 
     def fail(self, kind: str, case: Case, detail: str, status: int | None, answer: bytes) -> None:
@@ -639,8 +640,10 @@ class WebhookRun:
             self.fail("no answer", case, repr(exc), None, b"")
             return
         self.statuses[status] += 1
-        if status not in self.examples:
-            self.examples[status] = {"answer": answer[:300].decode("utf-8", "replace"), "case": case.describe(300)}
+        if status not in self.examples:  # with the request before it on the same connection
+            self.examples[status] = {"answer": answer[:300].decode("utf-8", "replace"), "case": case.describe(300),
+                                     "previous": self.previous.describe(300) if self.previous else None}  # fmt: skip
+        self.previous = case
         dead = self.written.scan_rejected()
         try:
             doc = json.loads(answer)
