@@ -550,7 +550,7 @@ def torn_report(service_log: Path, root: Path, stored: Stored) -> Torn:
             record = orjson.loads(raw)
         except ValueError:
             continue
-        if isinstance(record, dict) and record.get("msg") == TORN_MESSAGE:
+        if isinstance(record, dict) and str(record.get("msg", "")).startswith(TORN_MESSAGE):
             quarantine = Path(str(record.get("quarantine", "")))
             name = str(quarantine.relative_to("logs")) if not quarantine.is_absolute() else str(quarantine)
             count, moved = reported.get(name, (0, 0))
