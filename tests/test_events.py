@@ -136,7 +136,9 @@ def test_format_instant_has_milliseconds_and_z():
         ({}, {"unit": "u" * 65}, r"sensorsDates\[2\].unit must be at most 64 characters"),
         ({}, {"unit": {}}, r"sensorsDates\[2\].unit must be a string or a number, got an object"),
         ({}, {"sensorsId": "\u00b2"}, r"sensorsDates\[2\].sensorsId must be an integer"),
-        ({}, {"sensorsId": "1" * 5000}, r"sensorsDates\[2\].sensorsId must be an integer, got a string of 5000"),
+        ({}, {"sensorsId": "1" * 5000},
+         r"sensorsDates\[2\].sensorsId must be an integer \(a number, or a string of at most 19 ASCII digits\),"
+         r" got a string of 5000"),
         ({"parentUserId": "p" * 65}, {}, "parentUserId must be at most 64 characters"),
         ({"parentUserId": 2.5}, {}, "parentUserId must be a string or an integer, got a number"),
         ({"flag": "f" * 17}, {}, "flag must be at most 16 characters"),
