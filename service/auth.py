@@ -18,15 +18,32 @@ EXEMPT_PATHS = frozenset({"/api/health", "/api/ready"})
 GUARDED_METHODS = frozenset({"GET", "HEAD"})
 
 
+def raw_bytes(text: str) -> bytes | None:
+    """The bytes a header or query value was decoded from, or None when they cannot be recovered.
+
+    Header values the client sent as invalid UTF-8 arrive with surrogate escapes; both
+    give back the client's bytes, so a comparison never raises on what a client sent.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return None
+
+
+def secret_equal(given: str, secret: str) -> bool:
+    """Is `given` the secret? Constant time; False for any value that is not text of bytes."""
+    candidate = raw_bytes(given)
+    return candidate is not None and hmac.compare_digest(candidate, secret.encode())
+
+
 def key_ok(keys: list[str], header: str | None) -> bool:
     """Does the Authorization header carry one of the keys? Compares with every key in constant time."""
     scheme, _, given = (header or "").strip().partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         return False
-    candidate = given.strip().encode()
     matched = False
     for key in keys:
-        matched |= hmac.compare_digest(candidate, key.encode())
+        matched |= secret_equal(given.strip(), key)
     return matched
 
 
@@ -39,6 +56,8 @@ def guarded(request: web.Request) -> bool:
 async def api_key_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """401 for a guarded request without a valid key; everything else passes."""
     keys = request.app[SETTINGS].API_KEYS
+    if keys and guarded(request) and len(request.headers.getall("Authorization", [])) > 1:
+        return error_response(400, "more than one Authorization header")
     if keys and guarded(request) and not key_ok(keys, request.headers.get("Authorization")):
         response = error_response(401, "missing or wrong API key: send Authorization: Bearer <key>")
         response.headers["WWW-Authenticate"] = 'Bearer realm="tlink-push"'

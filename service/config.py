@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from eventlog.db import parse_database_url
@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     MAX_SAMPLES_PER_PUSH: int = Field(1000, ge=1)  # sensorsDates entries of one push; more is a 400
     MAX_SENSORS_PER_DEVICE: int = Field(1000, ge=1)  # distinct sensorsId of one device; a push past it is a 400
     MAX_BODY_BYTES: int = Field(1_048_576, ge=1024)
+    MAX_BUFFERED_BODY_BYTES: int = Field(67_108_864, ge=1024)
+    BODY_READ_TIMEOUT_SECONDS: float = Field(10.0, gt=0)
+    HEADER_READ_TIMEOUT_SECONDS: float = Field(10.0, gt=0)
     LOG_FORMAT: Literal["text", "json"] = "text"
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     ACCESS_LOG: bool = False
@@ -103,6 +106,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"{part!r} is not a positive integer user id")
             ids.append(int(part))
         return ids
+
+    @field_validator("MAX_BUFFERED_BODY_BYTES")
+    @classmethod
+    def _buffered(cls, value: int, info: ValidationInfo) -> int:
+        if value < info.data.get("MAX_BODY_BYTES", 0):
+            raise ValueError("must be at least MAX_BODY_BYTES")
+        return value
 
     @field_validator("SSL_CERT_FILE", "SSL_KEY_FILE", mode="before")
     @classmethod

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
 from aiohttp import web
@@ -20,10 +20,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class ApiError(Exception):
     """An error the API answers with its own status and message."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
 def json_response(data: object, status: int = 200) -> web.Response:
@@ -31,9 +32,15 @@ def json_response(data: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-def error_response(status: int, message: str) -> web.Response:
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     """The error shape of every endpoint."""
-    return json_response({"error": message}, status=status)
+    response = json_response({"error": message}, status=status)
+    response.headers.update(headers or {})
+    return response
+
+
+# Headers of an aiohttp HTTP error that say something to the client (405's Allow above all).
+KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
 
 
 @web.middleware
@@ -42,7 +49,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.message)
+        return error_response(exc.status, exc.message, exc.headers)
     except InvalidBody as exc:
         return error_response(400, str(exc))
     except DatabaseUnavailable:  # the read models cannot be reached: retry later
@@ -55,7 +62,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, exc.reason)
+        return error_response(exc.status, exc.reason, {k: exc.headers[k] for k in KEPT_HEADERS if k in exc.headers})
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal error")

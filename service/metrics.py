@@ -32,11 +32,11 @@ from service.errors import Handler
 from service.keys import DEAD_LETTERED, PROJECTOR, PUSH_OUTCOME, STORE, STORED_READINGS
 from service.scheduler import RETENTION_STATS, SYNC_STATS
 from service.sync import SyncReport
-from service.webhook import WEBHOOK_PATH
+from service.webhook import ABORTED, WEBHOOK_PATH
 
 METRICS_PATH = "/metrics"
 
-OUTCOMES = ("ok", "duplicate", "invalid", "too_large", "unauthorized", "unavailable", "error")
+OUTCOMES = ("ok", "duplicate", "invalid", "too_large", "unauthorized", "unavailable", "error", ABORTED)
 _OUTCOME_OF_STATUS = {400: "invalid", 413: "too_large", 401: "unauthorized", 503: "unavailable"}
 
 # A push is one fdatasync (~0.25 ms) plus parsing and projection: sub-millisecond to seconds.
@@ -123,7 +123,10 @@ class Metrics:
 
     def observe_push(self, request: web.Request, status: int, seconds: float) -> None:
         """Count one answered webhook push."""
-        outcome = request.get(PUSH_OUTCOME) if status < 300 else None
+        # The handler's own label: ok/duplicate on success, aborted (whatever was answered) for a
+        # client that disconnected mid-upload.
+        labelled = request.get(PUSH_OUTCOME)
+        outcome = labelled if status < 300 or labelled == ABORTED else None
         self.webhook_requests.labels(outcome or outcome_of_status(status)).inc()
         self.webhook_seconds.observe(seconds)
         self.readings_stored.inc(request.get(STORED_READINGS, 0))

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from aiohttp import web
 
 from eventlog.readings import InvalidBody
+from service.auth import secret_equal
 from service.body import parse_object
 from service.errors import ApiError, json_response
 from service.keys import DEAD_LETTERED, DEAD_LETTERS, INGESTOR, PUSH_OUTCOME, SETTINGS, STORED_READINGS
 
 WEBHOOK_PATH = "/api/webhooks/tlink"
+# The outcome of a push whose client disconnected before its body was received.
+ABORTED = "aborted"
 
 
 def signature_ok(secret: str, body: bytes, header: str | None) -> bool:
@@ -24,19 +30,85 @@ def signature_ok(secret: str, body: bytes, header: str | None) -> bool:
     if given.lower().startswith("sha256="):
         given = given[len("sha256=") :]
     expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, given.lower())
+    return secret_equal(given.lower(), expected)
 
 
-def authenticate(request: web.Request, body: bytes) -> None:
-    """401 unless the configured token and signature checks pass."""
+def single(values: list[str], name: str) -> str | None:
+    """The one value of a header or parameter, None when absent; 400 when repeated."""
+    if len(values) > 1:
+        raise ApiError(400, f"{name} given more than once")
+    return values[0] if values else None
+
+
+def check_credentials(request: web.Request) -> str | None:
+    """401 unless `?token=` is right and, with a secret, one X-TLink-Signature is there; its value.
+
+    Runs before the body is read, so a client without credentials never gets its body buffered.
+    """
     settings = request.app[SETTINGS]
     if settings.WEBHOOK_TOKEN:
-        token = request.query.get("token", "")
-        if not hmac.compare_digest(token.encode(), settings.WEBHOOK_TOKEN.encode()):
+        token = single(request.query.getall("token", []), "?token=")
+        if token is None or not secret_equal(token, settings.WEBHOOK_TOKEN):
             raise ApiError(401, "missing or wrong ?token=")
-    if settings.PUSH_WEBHOOK_SECRET:
-        if not signature_ok(settings.PUSH_WEBHOOK_SECRET, body, request.headers.get("X-TLink-Signature")):
-            raise ApiError(401, "missing or wrong X-TLink-Signature")
+    if not settings.PUSH_WEBHOOK_SECRET:
+        return None
+    signature = single(request.headers.getall("X-TLink-Signature", []), "X-TLink-Signature")
+    if not signature:
+        raise ApiError(401, "missing or wrong X-TLink-Signature")
+    return signature
+
+
+def authenticate(request: web.Request, body: bytes, signature: str | None = None) -> None:
+    """401 unless the configured token and signature checks pass."""
+    if signature is None:
+        signature = check_credentials(request)
+    secret = request.app[SETTINGS].PUSH_WEBHOOK_SECRET
+    if secret and not signature_ok(secret, body, signature):
+        raise ApiError(401, "missing or wrong X-TLink-Signature")
+
+
+class BodyBudget:
+    """Bytes of push bodies being read or handled at once, bounded by MAX_BUFFERED_BODY_BYTES."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    @contextmanager
+    def reserve(self, size: int) -> Iterator[None]:
+        """Hold `size` bytes of the budget; 503 with Retry-After when they are not free."""
+        if self.used + size > self.limit:
+            raise ApiError(503, "too many push bodies in flight; retry later", headers={"Retry-After": "1"})
+        self.used += size
+        try:
+            yield
+        finally:
+            self.used -= size
+
+
+BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The raw body, read within BODY_READ_TIMEOUT_SECONDS; 408, 413 or 400 when it cannot be had."""
+    settings = request.app[SETTINGS]
+    declared = request.content_length
+    if declared is not None and declared > settings.MAX_BODY_BYTES:
+        raise web.HTTPRequestEntityTooLarge(max_size=settings.MAX_BODY_BYTES, actual_size=declared)
+    # A chunked body's size is known only once read: it may take up to MAX_BODY_BYTES.
+    with request.app[BODY_BUDGET].reserve(settings.MAX_BODY_BYTES if declared is None else declared):
+        try:
+            async with asyncio.timeout(settings.BODY_READ_TIMEOUT_SECONDS):
+                return await request.read()
+        except TimeoutError:
+            raise ApiError(
+                408, f"request body not received within {settings.BODY_READ_TIMEOUT_SECONDS:g} s"
+            ) from None
+        except ConnectionError:  # the client went away mid-upload: nobody to answer
+            request[PUSH_OUTCOME] = ABORTED
+            raise ApiError(400, "the client closed the connection before sending the whole body") from None
+        except web.RequestPayloadError as exc:  # a Content-Encoding the body does not follow, a bad chunk
+            raise ApiError(400, f"cannot read the body: {exc}") from None
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -47,8 +119,9 @@ def parse_json(body: bytes) -> dict[str, Any]:
 
 async def receive_push(request: web.Request) -> web.Response:
     """Store one TLINK push; 200 only once its event line is on disk."""
-    body = await request.read()
-    authenticate(request, body)
+    signature = check_credentials(request)
+    body = await read_body(request)
+    authenticate(request, body, signature)
     try:
         result = await request.app[INGESTOR].push(parse_json(body))
     except InvalidBody as exc:
@@ -71,5 +144,6 @@ async def receive_push(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     """Register the webhook route."""
+    app[BODY_BUDGET] = BodyBudget(app[SETTINGS].MAX_BUFFERED_BODY_BYTES)
     app.router.add_post(WEBHOOK_PATH, receive_push)
 

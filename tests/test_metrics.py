@@ -107,7 +107,7 @@ async def test_every_metric_is_exported_with_its_type(app_client):
     scraped = await scrape(client)
     for name, kind in EXPECTED.items():
         assert scraped.type_of(name) == kind, name
-    for name in ("ok", "duplicate", "invalid", "too_large", "unauthorized", "unavailable", "error"):
+    for name in ("ok", "duplicate", "invalid", "too_large", "unauthorized", "unavailable", "error", "aborted"):
         assert ("tlink_webhook_requests_total", (("outcome", name),)) in scraped.samples
     [build] = scraped.families["tlink_build_info"].samples
     assert build.value == 1 and build.labels["version"]
