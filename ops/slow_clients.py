@@ -5,7 +5,8 @@
 Starts the service (USE_HTTPS=false, SQLite, with WEBHOOK_TOKEN and PUSH_WEBHOOK_SECRET
 set) in a temporary directory, opens `--clients` connections that each announce and
 send `--body-kb` KB of a push body without a token, then stop sending (the body is a
-byte short). Prints the server's resident memory before, while the clients stall, and
+byte short); `--with-credentials` sends the right token, as a client that has it would.
+Prints the server's resident memory before, while the clients stall, and
 how many of the connections the server answered or closed by the end of the stall.
 """
 
@@ -49,11 +50,16 @@ async def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: floa
         return
 
 
-async def slow_client(port: int, body_bytes: int, stall: float) -> str:
+TOKEN = "slow-clients-token"
+
+
+async def slow_client(port: int, body_bytes: int, stall: float, credentials: bool) -> str:
     """Send a head and all but the last byte of the body, then wait; what did the server do?"""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    target = f"/api/webhooks/tlink?token={TOKEN}" if credentials else "/api/webhooks/tlink"
+    signature = f"X-TLink-Signature: sha256={'0' * 64}\r\n" if credentials else ""
     head = (
-        f"POST /api/webhooks/tlink HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{signature}"
         f"Content-Length: {body_bytes + 1}\r\n\r\n"
     ).encode()
     try:
@@ -83,9 +89,9 @@ async def slow_client(port: int, body_bytes: int, stall: float) -> str:
         writer.close()
 
 
-async def attack(port: int, pid: int, clients: int, body_bytes: int, stall: float) -> None:
+async def attack(port: int, pid: int, clients: int, body_bytes: int, stall: float, credentials: bool) -> None:
     print(f"RSS before: {rss_mib(pid):.0f} MiB")
-    tasks = [asyncio.create_task(slow_client(port, body_bytes, stall)) for _ in range(clients)]
+    tasks = [asyncio.create_task(slow_client(port, body_bytes, stall, credentials)) for _ in range(clients)]
     peak = 0.0
     started = time.monotonic()
     while not all(t.done() for t in tasks):
@@ -104,6 +110,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--body-kb", type=int, default=960)
     parser.add_argument("--stall", type=float, default=15.0, help="seconds each client waits for an answer")
+    parser.add_argument(
+        "--with-credentials", action="store_true", help="send the right ?token= and a (wrong) signature header"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -111,7 +120,7 @@ def main() -> int:
         env = {
             **os.environ, "PORT": str(port), "HOST": "127.0.0.1", "USE_HTTPS": "false",
             "SYNC_LOG_DIR": str(work / "logs"), "DATABASE_URL": f"sqlite:///{work}/tlink.db",
-            "TLINK_SYNC_ENABLED": "false", "WEBHOOK_TOKEN": "slow-clients-token",
+            "TLINK_SYNC_ENABLED": "false", "WEBHOOK_TOKEN": TOKEN,
             "PUSH_WEBHOOK_SECRET": "slow-clients-secret", "LOG_LEVEL": "WARNING",
         }  # fmt: skip
         with open(work / "serve.log", "wb") as log:
@@ -119,7 +128,7 @@ def main() -> int:
         try:
             asyncio.run(wait_listening(port, proc))
             time.sleep(1.0)  # let start-up settle
-            asyncio.run(attack(port, proc.pid, args.clients, args.body_kb * 1024, args.stall))
+            asyncio.run(attack(port, proc.pid, args.clients, args.body_kb * 1024, args.stall, args.with_credentials))
         finally:
             proc.terminate()
             proc.wait(30)
