@@ -100,6 +100,8 @@ def parse_id(value: Any, name: str) -> int:
                 f"{name} must be an integer (a number, or a string of at most 19 ASCII digits), got {_shown(value)}"
             )
         value = number
+    elif isinstance(value, float) and value.is_integer() and abs(value) < 2.0**63:  # 5001.0 is JSON's 5001
+        value = int(value)
     if not isinstance(value, int):
         raise InvalidBody(f"{name} must be an integer, got {_shown(value)}")
     if not 0 < value <= MAX_ID:
@@ -174,6 +176,8 @@ def _check_sensor_type_id(value: Any, index: int) -> None:
         number = int(value)
     elif isinstance(value, int) and not isinstance(value, bool):
         number = value
+    elif isinstance(value, float) and value.is_integer():  # 781.0: JSON's integer 781 written as a float
+        number = int(value)
     else:
         number = None
     if number is None or not MIN_SENSOR_TYPE_ID <= number <= MAX_SENSOR_TYPE_ID:

@@ -350,6 +350,8 @@ def _int_or_none(value: Any) -> int | None:
     """An integer from vendor metadata (number or digit string); anything else is unknown."""
     if isinstance(value, bool):
         return None
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2.0**63:
+        value = int(value)
     if isinstance(value, int):
         return value if abs(value) <= MAX_ID else None
     if isinstance(value, str) and len(value) <= 20 and _INTEGER.fullmatch(value):

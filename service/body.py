@@ -11,11 +11,15 @@ anything is logged (InvalidBody naming the problem):
 - a duplicate key in any object;
 - an integer outside -2**63 .. 2**64-1 (what orjson keeps as an integer);
 - a non-zero number that reads as 0.0 (underflow); a number that overflows a double is
-  already invalid JSON to orjson.
+  already invalid JSON to orjson;
+- a number with more significant digits than a double keeps (9007199254740993.0 would be
+  logged as 9007199254740992.0): one whose shortest writing as a double is not the same
+  decimal number.
 
 The hot path is orjson, one walk over the parsed values (depth, floats) and a colon count
 of the body and of orjson's writing of it (see `_dropped_keys`). Only when these cannot
-rule a problem out (the counts differ, or a float is 0.0 or of 2**63 or more) is the body
+rule a problem out (the counts differ, a float is 0.0 or of 2**63 or more, or the body has a
+run of 16 digits) is the body
 read a second time, by the standard json module with hooks that see every key and every
 number as written.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -35,6 +40,9 @@ MIN_INTEGER = -(2**63)
 MAX_INTEGER = 2**64 - 1
 _LARGE_FLOAT = float(2**63)  # a float this large may be an integer orjson could not keep
 _NONZERO_DIGIT = re.compile(r"[1-9]")
+# 16 digits or more in a row (a dot may be among them): a number a double may not hold as
+# written. Up to 15 significant digits always come back as written.
+_LONG_NUMBER = re.compile(rb"[0-9][0-9.]{15}")
 
 
 def parse_object(body: bytes) -> dict[str, Any]:
@@ -47,7 +55,7 @@ def parse_object(body: bytes) -> dict[str, Any]:
         raise InvalidBody(f"invalid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidBody("body must be a JSON object")
-    if _odd_float(doc) or _dropped_keys(body, doc):
+    if _odd_float(doc) or _LONG_NUMBER.search(body) is not None or _dropped_keys(body, doc):
         _strict(body)
     return doc
 
@@ -106,6 +114,10 @@ def _float(text: str) -> float | _Odd:
     value = float(text)
     if value == 0.0 and _NONZERO_DIGIT.search(text.split("e")[0].split("E")[0]):
         return _Odd(f"number {text[:40]} is too small for a double (it would read as 0)")
+    if Decimal(repr(value)) != Decimal(text):  # the log would hold another number
+        return _Odd(
+            f"number {text[:40]} has more significant digits than a double keeps (it would be logged as {value!r})"
+        )
     return value
 
 

@@ -25,6 +25,9 @@ REF = "#/components/schemas/{model}"
 JSON = "application/json"
 
 
+ANY_JSON: Literal["any json"] = "any json"
+
+
 @dataclass(frozen=True, slots=True)
 class Operation:
     """One endpoint as the document states it."""
@@ -32,7 +35,8 @@ class Operation:
     method: str
     path: str
     summary: str
-    responses: dict[int, tuple[str, type[BaseModel] | None]]  # status -> (description, model; None: text)
+    # status -> (description, model; None: text; ANY_JSON: a JSON object of no stated shape)
+    responses: dict[int, tuple[str, type[BaseModel] | Literal["any json"] | None]]
     params: tuple[Param, ...] = ()
     auth: Literal["api", "webhook", "none"] = "api"
     body: type[BaseModel] | None = None
@@ -48,7 +52,7 @@ _WINDOW = (query.START_TIME, query.END_TIME, query.HISTORY_LIMIT)
 
 
 def _read(path: str, summary: str, model: type[BaseModel], params: tuple[Param, ...]) -> Operation:
-    responses: dict[int, tuple[str, type[BaseModel] | None]] = {200: ("OK", model)}
+    responses: dict[int, tuple[str, type[BaseModel] | Literal["any json"] | None]] = {200: ("OK", model)}
     responses.update([_BAD, _UNAUTHORIZED, _NOT_FOUND, _UNAVAILABLE])
     return Operation("get", path, summary, responses, params)
 
@@ -88,7 +92,7 @@ OPERATIONS = (
         "get",
         "/api/openapi.json",
         "This document",
-        {200: ("OpenAPI 3.1 document", None), 401: _UNAUTHORIZED[1]},
+        {200: ("OpenAPI 3.1 document", ANY_JSON), 401: _UNAUTHORIZED[1]},
     ),
     Operation(
         "get",
@@ -132,7 +136,8 @@ OPERATIONS = (
 )
 
 ANSWER_MODELS = sorted(
-    {m for op in OPERATIONS for _, m in op.responses.values() if m is not None}, key=lambda m: m.__name__
+    {m for op in OPERATIONS for _, m in op.responses.values() if m is not None and m != ANY_JSON},
+    key=lambda m: m.__name__,
 )
 
 
@@ -152,9 +157,25 @@ def _parameter(param: Param, settings: Settings) -> dict[str, Any]:
             "schema": schema}  # fmt: skip
 
 
-def _content(model: type[BaseModel] | None, refs: dict[type[BaseModel], dict[str, Any]]) -> dict[str, Any]:
+def _with_json_values(node: Any) -> Any:
+    """The schema with each place marked schemas.ANY_JSON_MARK holding the JsonValue reference."""
+    if isinstance(node, dict):
+        if node.get("x-any-json"):
+            return {**{k: v for k, v in node.items() if k not in ("x-any-json", "additionalProperties")},
+                    **schemas.JSON_VALUE_REF}  # fmt: skip
+        return {key: _with_json_values(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_with_json_values(value) for value in node]
+    return node
+
+
+def _content(
+    model: type[BaseModel] | Literal["any json"] | None, refs: dict[type[BaseModel], dict[str, Any]]
+) -> dict[str, Any]:
     if model is None:
         return {"text/plain": {"schema": {"type": "string"}}}
+    if model == ANY_JSON:
+        return {JSON: {"schema": {"type": "object"}}}
     return {JSON: {"schema": refs[model]}}
 
 
@@ -198,7 +219,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": defs.get("$defs", {}),
+            "schemas": {**_with_json_values(defs.get("$defs", {})), "JsonValue": schemas.JSON_VALUE},
             "securitySchemes": {
                 "apiKey": {"type": "http", "scheme": "bearer", "description": "one of API_KEYS"},
                 "webhookToken": {"type": "apiKey", "in": "query", "name": "token", "description": "WEBHOOK_TOKEN"},

@@ -32,9 +32,10 @@ _DATE = (
     f"|{_LEAP_YEAR}-02-29)"
 )
 _CLOCK = "(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+CLOCK_PATTERN = _CLOCK
 _DAY_RE = re.compile(f"^{_DATE}$")
-_TIME_PATTERN = f"^{_DATE}[ T]{_CLOCK}$"
-_TIME_RE = re.compile(_TIME_PATTERN)
+TIME_PATTERN = f"^{_DATE}[ T]{_CLOCK}$"
+_TIME_RE = re.compile(TIME_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +54,12 @@ USER_ID = Param("userId", "path", _ID, "TLINK user id", True)
 DEVICE_ID = Param("deviceId", "path", _ID, "TLINK device id", True)
 DEVICE_FILTER = Param("deviceId", "query", _ID, "only this device (404 if not theirs)")
 START_TIME = Param(
-    "startTime", "query", {"type": "string", "pattern": _TIME_PATTERN},
+    "startTime", "query", {"type": "string", "pattern": TIME_PATTERN},
     "earliest reading time, inclusive: YYYY-MM-DD HH:MM:SS (or with T), platform time;"
     " a real date of the years 1000 to 9999; after endTime is a 400 (a schema cannot say so)",
 )  # fmt: skip
 END_TIME = Param(
-    "endTime", "query", {"type": "string", "pattern": _TIME_PATTERN},
+    "endTime", "query", {"type": "string", "pattern": TIME_PATTERN},
     "latest reading time, inclusive: YYYY-MM-DD HH:MM:SS (or with T), platform time;"
     " a real date of the years 1000 to 9999; before startTime is a 400 (a schema cannot say so)",
 )  # fmt: skip

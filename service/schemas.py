@@ -7,6 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from eventlog.readings import MAX_FLAG_CHARS, MAX_ID, MAX_PARENT_USER_ID_CHARS, MAX_UNIT_CHARS, MAX_VALUE_CHARS
+from service.query import CLOCK_PATTERN, TIME_PATTERN
+
 PlatformTime = Annotated[
     str,
     Field(
@@ -257,30 +260,55 @@ class WebhookAnswer(Answer):
     projected: bool = Field(description="the read models already reflect the push")
 
 
+# Any JSON value the webhook keeps as received (its unknown fields): integers within what
+# orjson keeps as integers (service/body.py), everything else as JSON has it.
+JSON_VALUE_REF: dict[str, Any] = {"$ref": "#/components/schemas/JsonValue"}
+ANY_JSON_MARK: dict[str, Any] = {"x-any-json": True}  # service/openapi.py puts JSON_VALUE_REF where this is
+JSON_VALUE: dict[str, Any] = {
+    "description": "any JSON value; integers from -2**63 to 2**64-1",
+    "anyOf": [
+        {"type": "string"}, {"type": "boolean"}, {"type": "null"},
+        {"type": "integer", "minimum": -(2**63), "maximum": 2**64 - 1},
+        {"type": "number", "not": {"type": "integer"}},
+        {"type": "array", "items": JSON_VALUE_REF},
+        {"type": "object", "additionalProperties": JSON_VALUE_REF},
+    ],
+}  # fmt: skip
+_FLAG = '"1"/1: yes, "0"/0: no, anything else: unknown'
+_KEPT = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": ANY_JSON_MARK})
+
+# What a push may carry, as the webhook checks it (eventlog/readings.py's limits): ids are
+# JSON integers 1..MAX_ID or short digit strings, times real platform times.
+PushId = Annotated[int, Field(ge=1, le=MAX_ID)] | Annotated[str, Field(pattern=r"^[1-9][0-9]{0,17}$")]
+PushText = Annotated[str, Field(max_length=MAX_VALUE_CHARS)] | float | int
+
+
 class PushSensor(BaseModel):
     """One `sensorsDates` entry of a push (vendor fields; unknown ones are kept)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = _KEPT
 
-    sensorsId: int | str
-    sensorsTypeId: int | str | None = None
-    times: str | None = Field(None, description="HH:MM:SS")
-    value: str | None = None
-    reVal: str | None = None
-    isAlarm: str | int | None = None
-    isLine: int | str | None = None
-    unit: str | None = None
+    sensorsId: PushId
+    sensorsTypeId: int | Annotated[str, Field(pattern=r"^(-?[0-9]{1,18})?$")] | None = None
+    times: str | None = Field(
+        None, pattern=f"^({CLOCK_PATTERN})?$", description="HH:MM:SS; empty or absent: the body's `time`"
+    )
+    value: PushText | None = None
+    reVal: PushText | None = None
+    isAlarm: Any = Field(None, description=_FLAG, json_schema_extra=ANY_JSON_MARK)
+    isLine: Any = Field(None, description=_FLAG, json_schema_extra=ANY_JSON_MARK)
+    unit: Annotated[str, Field(max_length=MAX_UNIT_CHARS)] | float | int | None = None
 
 
 class PushBody(BaseModel):
     """A TLINK push body (vendor fields; unknown ones are kept unchanged)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = _KEPT
 
-    deviceId: int | str
-    deviceUserid: int | str
-    sensorsDates: list[PushSensor]
-    time: str = Field(description="YYYY-MM-DD HH:MM:SS, platform time")
-    flag: str | None = None
-    parentUserId: str | int | None = None
-    rawData: str | None = None
+    deviceId: PushId
+    deviceUserid: PushId
+    sensorsDates: list[PushSensor] = Field(max_length=1000, description="at most MAX_SAMPLES_PER_PUSH (1000) samples")
+    time: str = Field(pattern=TIME_PATTERN, description="YYYY-MM-DD HH:MM:SS, platform time")
+    flag: Annotated[str, Field(max_length=MAX_FLAG_CHARS)] | int | None = None
+    parentUserId: Annotated[str, Field(max_length=MAX_PARENT_USER_ID_CHARS)] | int | None = None
+    rawData: Any = Field(None, description="kept as sent, any JSON", json_schema_extra=ANY_JSON_MARK)

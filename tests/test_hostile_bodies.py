@@ -152,6 +152,17 @@ REJECTED = [
     ),
     pytest.param(with_raw_field('"extra": -2.5E-330'), "extra: number -2.5E-330 is too small", id="-2.5E-330"),
     pytest.param(with_raw_field('"extra": 1e400', in_sample=True), "number is infinity", id="1e400"),
+    pytest.param(
+        with_raw_field('"extra": 9007199254740993.0', in_sample=True),
+        "sensorsDates[0].extra: number 9007199254740993.0 has more significant digits than a double keeps",
+        id="2^53+1",
+    ),
+    pytest.param(
+        with_raw_field('"extra": 0.10000000000000000555'), "extra: number 0.10000000000000000555 has more", id="0.1+"
+    ),
+    pytest.param(
+        with_raw_field('"extra": 2.2250738585072011e-308'), "logged as 2.225073858507201e-308", id="subnormal-edge"
+    ),
     pytest.param(samples(1001), "at most 1000 per push (MAX_SAMPLES_PER_PUSH)", id="samples-over-default-cap"),
 ]
 
@@ -166,6 +177,8 @@ ACCEPTED = [
     pytest.param(nested(MAX_JSON_DEPTH), id="depth-32"),
     pytest.param(with_raw_field(f'"extra": [{2**64 - 1}, {-(2**63)}]'), id="64-bit-integers"),
     pytest.param(with_raw_field('"extra": [0.0, -0.0, 0e-400, 1e19, 2.5e-300, 1.5]'), id="floats"),
+    pytest.param(with_raw_field('"extra": [1.50000000000000000, 0.1000000000000000, 12345678901234567890]'),
+                 id="long-numbers-kept-as-written"),
     pytest.param(with_raw_field('"extra" : "a\\": b", "other":"\\":"'), id="quote-colon-in-strings"),
     pytest.param(SAMPLE_BYTES.replace(b'": ', b'" :\n '), id="spaced-colons"),
     pytest.param(with_raw_field('"extra": "\\u003a:\\u003A"'), id="escaped-colons"),
