@@ -165,6 +165,8 @@ def _short(value: Any, chars: int = 80) -> str:
 def _id_problem(
     name: str, value: Any, low: int = 1, high: int = MAX_ID, pattern: re.Pattern[str] = ASCII_INT
 ) -> str | None:
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        value = int(value)  # 5001.0 or 5e3: JSON's integer written as a float (README: Webhook)
     if isinstance(value, bool) or not isinstance(value, int | str):
         return f"{name} is {type(value).__name__}"
     if isinstance(value, str):
@@ -685,6 +687,8 @@ class WebhookRun:
             self.fail("accepted a body the README refuses", case, problem, 200, answer)
         event_id = str(doc.get("eventId"))
         device = sent.get("deviceId") if isinstance(sent, dict) else None
+        if isinstance(device, Decimal) and device.is_finite() and device == device.to_integral_value():
+            device = int(device)
         folder = str(device) if isinstance(device, int) and not isinstance(device, bool) else None
         if isinstance(device, str) and ASCII_INT.fullmatch(device):
             folder = str(int(device))
