@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from eventlog.db import parse_database_url
+from ops.private_mariadb import PrivateMariaDB
 from service.app import create_app
 from service.config import Settings, load_settings
 
@@ -63,6 +64,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield f"sqlite:///{tmp_path}/tlink.db"
     else:
         yield from mysql_database_url()
+
+
+@pytest.fixture
+def mariadb(tmp_path: Path) -> Iterator[PrivateMariaDB]:
+    """A private MariaDB server of the test's own, started; killed afterwards."""
+    server = PrivateMariaDB(tmp_path / "mariadb")
+    server.start()
+    yield server
+    server.kill()
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ import pytest
 from openapi_schema_validator import OAS31Validator
 
 from eventlog.readings import MAX_ID
-from ops.private_mariadb import PrivateMariaDB
 from ops.private_mariadb import available as mariadbd_available
 from ops.private_mariadb import query as mysql_query
 from service import query
@@ -354,14 +353,6 @@ async def test_start_up_with_an_unreachable_database_logs_an_error(aiohttp_clien
     assert len(errors) == 1, [r.getMessage() for r in errors]
     message = errors[0].getMessage()
     assert "database cannot be reached at start-up" in message and "Can't connect" in message
-
-
-@pytest.fixture
-def mariadb(tmp_path):
-    server = PrivateMariaDB(tmp_path / "mariadb")
-    server.start()
-    yield server
-    server.kill()
 
 
 async def wait_for(predicate: Any, seconds: float = 30.0) -> None:

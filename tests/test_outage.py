@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from eventlog.files import device_days, log_path
-from ops.private_mariadb import PrivateMariaDB, available
+from ops.private_mariadb import available
 from service.app import create_app
 from service.config import load_settings
 from service.keys import PROJECTOR
@@ -26,14 +26,6 @@ def upload(i: int) -> bytes:
     for entry in body["sensorsDates"]:
         entry["times"], entry["value"] = body["time"][11:], str(i)
     return orjson.dumps(body)
-
-
-@pytest.fixture
-def mariadb(tmp_path):
-    server = PrivateMariaDB(tmp_path / "mariadb")
-    server.start()
-    yield server
-    server.kill()
 
 
 async def wait_for(predicate, seconds: float = 20.0) -> None:
