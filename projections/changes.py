@@ -7,7 +7,6 @@ is also written in SQL (projections.sql_recorder); the contract tests hold them 
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -18,10 +17,9 @@ import orjson
 
 from eventlog.events import PUSH, SYNC, Event, body_digest, decode_line, line_hash
 from eventlog.files import LogLine
-from eventlog.readings import MAX_ID, InvalidBody, Reading, flag_bool, parse_platform_time, parsed_of
+from eventlog.readings import MAX_ID, InvalidBody, Reading, flag_bool, integer_text, parse_platform_time, parsed_of
 
 BLOCK_LINES = 64
-_INTEGER = re.compile(r"-?[0-9]+")
 _USER_NAMESPACE = uuid.UUID("6f1f3c1e-8d55-4c41-9a63-1f3e2b7a9c00")
 
 
@@ -350,14 +348,11 @@ def _int_or_none(value: Any) -> int | None:
     """An integer from vendor metadata (number or digit string); anything else is unknown."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2.0**63:
+    if isinstance(value, str):
+        value = integer_text(value, signed=True)
+    elif isinstance(value, float) and value.is_integer() and abs(value) < 2.0**63:
         value = int(value)
-    if isinstance(value, int):
-        return value if abs(value) <= MAX_ID else None
-    if isinstance(value, str) and len(value) <= 20 and _INTEGER.fullmatch(value):
-        number = int(value)
-        return number if abs(number) <= MAX_ID else None
-    return None
+    return value if isinstance(value, int) and abs(value) <= MAX_ID else None
 
 
 def _short(value: Any, limit: int) -> str | None:
