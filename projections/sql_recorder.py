@@ -12,7 +12,7 @@ from eventlog.db import Database, placeholders
 from projections.changes import Changes, event_row_body, user_uuid
 from projections.mysql_text import mysql_literals
 from projections.recorder import Position, Recorder
-from projections.schema import apply_schema, create_tables, drop_all, schema_outdated, schema_script
+from projections.schema import create_tables, drop_all, schema_outdated, schema_script
 from projections.views import platform_time
 
 log = logging.getLogger("tlink.projector")
@@ -235,7 +235,7 @@ class SqlRecorder(Recorder):
                 log.warning("the database holds tables of an older schema: rebuilding them from the log files")
                 await self.reset()
             else:
-                await apply_schema(self.db)
+                await create_tables(self.db)  # the version was just read: apply_schema would read it again
             self._auto_schema = False
         rows = await self.db.fetchall(
             "SELECT f.device_id, f.log_day, f.line_count, f.byte_count, f.last_hash FROM log_files f"
@@ -267,6 +267,10 @@ class SqlRecorder(Recorder):
             wanted,
         )
         return {int(r[0]): when for r in rows if (when := platform_time(r[1])) is not None}
+
+    async def sensor_ids(self, device_id: int) -> set[int]:
+        rows = await self.db.fetchall("SELECT sensor_id FROM sensors WHERE device_id = %s", (device_id,))
+        return {int(r[0]) for r in rows}
 
     async def reset(self) -> None:
         """Drop and recreate every table, keeping the records of pruned files.
