@@ -77,6 +77,10 @@ class Recorder(ABC):
         """The newest upload time (`time` of a push) recorded for each of these devices that has one."""
 
     @abstractmethod
+    async def sensor_ids(self, device_id: int) -> set[int]:
+        """The sensors the read models hold for this device."""
+
+    @abstractmethod
     async def reset(self) -> None:
         """Empty the events table, the read models and the positions (for replay)."""
 
@@ -135,6 +139,10 @@ class MemoryRecorder(Recorder):
         self._check()
         rows = (self.device_pushes.get(device_id) for device_id in device_ids)
         return {row.device_id: row.last_push_time for row in rows if row is not None and row.last_push_time}
+
+    async def sensor_ids(self, device_id: int) -> set[int]:
+        self._check()
+        return {s for d, s in (*self.sensor_latest, *self.sensor_meta) if d == device_id}
 
     async def reset(self) -> None:
         self._check()

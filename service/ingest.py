@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from eventlog.db import Database, DatabaseError
+from eventlog.db import DatabaseError
 from eventlog.events import PUSH, SYNC, body_digest
 from eventlog.readings import InvalidBody, Reading, parse_id, parse_push, remember_readings
 from eventlog.store import Appended, LogStore
 from projections.projector import Projector
 from projections.recorder import Recorder
-from projections.sql_recorder import SqlRecorder
 
 log = logging.getLogger("tlink.ingest")
 
@@ -119,8 +118,8 @@ class DeviceSensors:
     cannot see, and the cap holds from the first push after the database answers.
     """
 
-    def __init__(self, db: Database | None, caught_up: Callable[[int], bool], limit: int) -> None:
-        self._db = db
+    def __init__(self, recorder: Recorder, caught_up: Callable[[int], bool], limit: int) -> None:
+        self._recorder = recorder
         self._caught_up = caught_up
         self.limit = limit
         self._known: dict[int, set[int]] = {}
@@ -153,14 +152,14 @@ class DeviceSensors:
         self._loaded.discard(device_id)
 
     async def _load(self, device_id: int) -> None:
-        if self._db is None or not self._caught_up(device_id):
+        if not self._caught_up(device_id):
             return
         try:
-            rows = await self._db.fetchall("SELECT sensor_id FROM sensors WHERE device_id = %s", (device_id,))
+            stored = await self._recorder.sensor_ids(device_id)
         except DatabaseError as exc:
             log.debug("sensor count of device %s not read: %s", device_id, exc)
             return
-        self._known.setdefault(device_id, set()).update(int(r[0]) for r in rows)
+        self._known.setdefault(device_id, set()).update(stored)
         self._loaded.add(device_id)
 
 
@@ -179,8 +178,7 @@ class Ingestor:
         self.projector = projector
         self.known = KnownPushes(recorder, projector.caught_up)
         self.max_samples_per_push = max_samples_per_push
-        db = recorder.db if isinstance(recorder, SqlRecorder) else None
-        self.sensors = DeviceSensors(db, projector.caught_up, max_sensors_per_device)
+        self.sensors = DeviceSensors(recorder, projector.caught_up, max_sensors_per_device)
         self._inflight: dict[PushKey, asyncio.Future[str | None]] = {}
 
     async def push(self, body: dict[str, Any]) -> PushResult:
