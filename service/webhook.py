@@ -7,7 +7,6 @@ import hashlib
 import hmac
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from aiohttp import web
 
@@ -109,19 +108,13 @@ async def read_body(request: web.Request) -> bytes:
             raise ApiError(400, f"cannot read the body: {exc}") from None
 
 
-def parse_json(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object holding exactly what it says, or InvalidBody saying why not
-    (see service.body: nesting depth, duplicate keys, numbers a double does not hold)."""
-    return parse_object(body)
-
-
 async def receive_push(request: web.Request) -> web.Response:
     """Store one TLINK push; 200 only once its event line is on disk."""
     signature = check_credentials(request)
     body = await read_body(request)
     authenticate(request, body, signature)
     try:
-        result = await request.app[INGESTOR].push(parse_json(body))
+        result = await request.app[INGESTOR].push(parse_object(body))
     except InvalidBody as exc:
         await request.app[DEAD_LETTERS].keep(body, str(exc), request.remote)
         request[DEAD_LETTERED] = True
