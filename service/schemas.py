@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from eventlog.readings import MAX_FLAG_CHARS, MAX_ID, MAX_PARENT_USER_ID_CHARS, MAX_UNIT_CHARS, MAX_VALUE_CHARS
+from service.body import MAX_INTEGER, MIN_INTEGER
 from service.query import CLOCK_PATTERN, TIME_PATTERN
 
 PlatformTime = Annotated[
@@ -268,7 +269,7 @@ JSON_VALUE: dict[str, Any] = {
     "description": "any JSON value; integers from -2**63 to 2**64-1",
     "anyOf": [
         {"type": "string"}, {"type": "boolean"}, {"type": "null"},
-        {"type": "integer", "minimum": -(2**63), "maximum": 2**64 - 1},
+        {"type": "integer", "minimum": MIN_INTEGER, "maximum": MAX_INTEGER},
         {"type": "number", "not": {"type": "integer"}},
         {"type": "array", "items": JSON_VALUE_REF},
         {"type": "object", "additionalProperties": JSON_VALUE_REF},
