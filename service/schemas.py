@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from eventlog.readings import MAX_FLAG_CHARS, MAX_ID, MAX_PARENT_USER_ID_CHARS, MAX_UNIT_CHARS, MAX_VALUE_CHARS
 from service.body import MAX_INTEGER, MIN_INTEGER
+from service.config import Settings
 from service.query import CLOCK_PATTERN, TIME_PATTERN
 
 PlatformTime = Annotated[
@@ -282,6 +283,7 @@ _KEPT = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": ANY
 # JSON integers 1..MAX_ID or short digit strings, times real platform times.
 PushId = Annotated[int, Field(ge=1, le=MAX_ID)] | Annotated[str, Field(pattern=r"^[1-9][0-9]{0,17}$")]
 PushText = Annotated[str, Field(max_length=MAX_VALUE_CHARS)] | float | int
+_MAX_SAMPLES = Settings.model_fields["MAX_SAMPLES_PER_PUSH"].default  # the default of the setting
 
 
 class PushSensor(BaseModel):
@@ -308,7 +310,9 @@ class PushBody(BaseModel):
 
     deviceId: PushId
     deviceUserid: PushId
-    sensorsDates: list[PushSensor] = Field(max_length=1000, description="at most MAX_SAMPLES_PER_PUSH (1000) samples")
+    sensorsDates: list[PushSensor] = Field(
+        max_length=_MAX_SAMPLES, description=f"at most MAX_SAMPLES_PER_PUSH ({_MAX_SAMPLES}) samples"
+    )
     time: str = Field(pattern=TIME_PATTERN, description="YYYY-MM-DD HH:MM:SS, platform time")
     flag: Annotated[str, Field(max_length=MAX_FLAG_CHARS)] | int | None = None
     parentUserId: Annotated[str, Field(max_length=MAX_PARENT_USER_ID_CHARS)] | int | None = None
