@@ -65,14 +65,21 @@ async def health(request: web.Request) -> web.Response:
     return answer(HealthAnswer, {"status": "ok"})
 
 
-def log_root_check(root: Path, detailed: bool = True) -> Check:
-    """The log root exists and this process may write to it (`detailed`: naming the folder)."""
-    where = f"log root {root}" if detailed else "log root"
+def log_root_check(root: Path, detailed: bool = True, notes: ReadyNotes | None = None) -> Check:
+    """The log root exists and this process may write to it (`detailed`: naming the folder).
+
+    `notes` (the log) always gets the detail naming the folder.
+    """
+    problem = None
     if not root.is_dir():
-        return Check(ok=False, detail=f"{where} does not exist")
-    if not os.access(root, os.W_OK):
-        return Check(ok=False, detail=f"{where} is not writable")
-    return Check(ok=True)
+        problem = "does not exist"
+    elif not os.access(root, os.W_OK):
+        problem = "is not writable"
+    if notes is not None:
+        notes.note("logRoot", None if problem is None else f"log root {root} {problem}")
+    if problem is None:
+        return Check(ok=True)
+    return Check(ok=False, detail=f"log root {root} {problem}" if detailed else f"log root {problem}")
 
 
 async def database_check(db: Database, notes: ReadyNotes | None = None) -> Check:
@@ -151,10 +158,7 @@ async def ready(request: web.Request) -> web.Response:
     """GET /api/ready"""
     settings, notes = request.app[SETTINGS], request.app[NOTES]
     detailed = may_see_details(request)
-    log_root = log_root_check(settings.SYNC_LOG_DIR)
-    notes.note("logRoot", log_root.detail)
-    if not detailed:
-        log_root = log_root_check(settings.SYNC_LOG_DIR, detailed)
+    log_root = log_root_check(settings.SYNC_LOG_DIR, detailed, notes)
     database = await database_check(request.app[DATABASE], notes)
     projection = projection_check(request.app[PROJECTOR], detailed)
     found = reasons(log_root, database, projection)
