@@ -39,11 +39,12 @@ def secret_equal(given: str, secret: str) -> bool:
 def key_ok(keys: list[str], header: str | None) -> bool:
     """Does the Authorization header carry one of the keys? Compares with every key in constant time."""
     scheme, _, given = (header or "").strip().partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
+    given = given.strip()
+    if scheme.lower() != "bearer" or not given:
         return False
     matched = False
     for key in keys:
-        matched |= secret_equal(given.strip(), key)
+        matched |= secret_equal(given, key)
     return matched
 
 
@@ -56,10 +57,13 @@ def guarded(request: web.Request) -> bool:
 async def api_key_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """401 for a guarded request without a valid key; everything else passes."""
     keys = request.app[SETTINGS].API_KEYS
-    if keys and guarded(request) and len(request.headers.getall("Authorization", [])) > 1:
-        return error_response(400, "more than one Authorization header")
-    if keys and guarded(request) and not key_ok(keys, request.headers.get("Authorization")):
-        response = error_response(401, "missing or wrong API key: send Authorization: Bearer <key>")
-        response.headers["WWW-Authenticate"] = 'Bearer realm="tlink-push"'
-        return response
+    if keys and guarded(request):
+        if len(request.headers.getall("Authorization", [])) > 1:
+            return error_response(400, "more than one Authorization header")
+        if not key_ok(keys, request.headers.get("Authorization")):
+            return error_response(
+                401,
+                "missing or wrong API key: send Authorization: Bearer <key>",
+                {"WWW-Authenticate": 'Bearer realm="tlink-push"'},
+            )
     return await handler(request)
