@@ -31,10 +31,9 @@ _DATE = (
     f"(?:{_YEAR}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
     f"|{_LEAP_YEAR}-02-29)"
 )
-_CLOCK = "(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
-CLOCK_PATTERN = _CLOCK
+CLOCK_PATTERN = "(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
 _DAY_RE = re.compile(f"^{_DATE}$")
-TIME_PATTERN = f"^{_DATE}[ T]{_CLOCK}$"
+TIME_PATTERN = f"^{_DATE}[ T]{CLOCK_PATTERN}$"
 _TIME_RE = re.compile(TIME_PATTERN)
 
 
