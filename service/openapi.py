@@ -161,8 +161,7 @@ def _with_json_values(node: Any) -> Any:
     """The schema with each place marked schemas.ANY_JSON_MARK holding the JsonValue reference."""
     if isinstance(node, dict):
         if node.get("x-any-json"):
-            return {**{k: v for k, v in node.items() if k not in ("x-any-json", "additionalProperties")},
-                    **schemas.JSON_VALUE_REF}  # fmt: skip
+            return {**{k: v for k, v in node.items() if k != "x-any-json"}, **schemas.JSON_VALUE_REF}
         return {key: _with_json_values(value) for key, value in node.items()}
     if isinstance(node, list):
         return [_with_json_values(value) for value in node]
