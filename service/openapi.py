@@ -26,6 +26,8 @@ JSON = "application/json"
 
 
 ANY_JSON: Literal["any json"] = "any json"
+# What a response holds: a model; None: text; ANY_JSON: a JSON object of no stated shape.
+Content = type[BaseModel] | Literal["any json"] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +37,7 @@ class Operation:
     method: str
     path: str
     summary: str
-    # status -> (description, model; None: text; ANY_JSON: a JSON object of no stated shape)
-    responses: dict[int, tuple[str, type[BaseModel] | Literal["any json"] | None]]
+    responses: dict[int, tuple[str, Content]]  # status -> (description, content)
     params: tuple[Param, ...] = ()
     auth: Literal["api", "webhook", "none"] = "api"
     body: type[BaseModel] | None = None
@@ -52,7 +53,7 @@ _WINDOW = (query.START_TIME, query.END_TIME, query.HISTORY_LIMIT)
 
 
 def _read(path: str, summary: str, model: type[BaseModel], params: tuple[Param, ...]) -> Operation:
-    responses: dict[int, tuple[str, type[BaseModel] | Literal["any json"] | None]] = {200: ("OK", model)}
+    responses: dict[int, tuple[str, Content]] = {200: ("OK", model)}
     responses.update([_BAD, _UNAUTHORIZED, _NOT_FOUND, _UNAVAILABLE])
     return Operation("get", path, summary, responses, params)
 
@@ -168,9 +169,7 @@ def _with_json_values(node: Any) -> Any:
     return node
 
 
-def _content(
-    model: type[BaseModel] | Literal["any json"] | None, refs: dict[type[BaseModel], dict[str, Any]]
-) -> dict[str, Any]:
+def _content(model: Content, refs: dict[type[BaseModel], dict[str, Any]]) -> dict[str, Any]:
     if model is None:
         return {"text/plain": {"schema": {"type": "string"}}}
     if model == ANY_JSON:
