@@ -10,10 +10,11 @@ from pathlib import Path
 
 from eventlog.events import EventLogError
 
-_FILE_RE = re.compile(r"^device(\d+)-(\d{4}-\d{2}-\d{2})\.log$")
-# Files start-up set aside next to a log file: `.torn` (bytes cut off a torn tail) and
-# `.foreign` (a whole file that is not of this log, with `.2`, `.3`... when taken).
-_SIDE_RE = re.compile(r"^device(\d+)-(\d{4}-\d{2}-\d{2})\.log\.(torn|foreign|replaced)(\.\d+)?$")
+# A log file's name, or (group 3 set) the name of a file set aside next to one: `.torn`
+# (bytes start-up cut off a torn tail), `.foreign` (a whole file start-up found is not of
+# this log) or `.replaced` (what the store kept of a live file replaced behind it), each
+# with a number after it when the plain name was taken.
+_NAME_RE = re.compile(r"^device(\d+)-(\d{4}-\d{2}-\d{2})\.log(?:\.(torn|foreign|replaced)(?:\.\d+)?)?$")
 READ_CHUNK = 1 << 20
 FIRST_LINE_LIMIT = 16 * READ_CHUNK  # looking for a first newline stops here
 
@@ -54,28 +55,24 @@ def device_ids(root: Path) -> list[int]:
 
 def device_days(root: Path, device_id: int) -> list[str]:
     """Days that have a log file for the device, oldest first."""
-    folder = device_dir(root, device_id)
-    if not folder.is_dir():
-        return []
-    days = []
-    for name in os.listdir(folder):
-        match = _FILE_RE.match(name)
-        if match and int(match.group(1)) == device_id:
-            days.append(match.group(2))
-    return sorted(days)
+    return sorted(match.group(2) for match in _names(root, device_id) if match.group(3) is None)
 
 
 def side_files(root: Path, device_id: int) -> list[Path]:
-    """The `.torn` and `.foreign` files in a device's folder, by name (never read as log)."""
+    """The `.torn`, `.foreign` and `.replaced` files in a device's folder, by name (never read as log)."""
+    folder = device_dir(root, device_id)
+    return sorted(folder / match.string for match in _names(root, device_id) if match.group(3) is not None)
+
+
+def _names(root: Path, device_id: int) -> Iterator[re.Match[str]]:
+    """The matches of the names in a device's folder that are the device's log or side files."""
     folder = device_dir(root, device_id)
     if not folder.is_dir():
-        return []
-    found = []
+        return
     for name in os.listdir(folder):
-        match = _SIDE_RE.match(name)
+        match = _NAME_RE.match(name)
         if match and int(match.group(1)) == device_id:
-            found.append(folder / name)
-    return sorted(found)
+            yield match
 
 
 def first_line(path: Path, limit: int = FIRST_LINE_LIMIT) -> tuple[bytes, bool] | None:
