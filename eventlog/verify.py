@@ -102,10 +102,8 @@ def _verify_device(
                 progress(report.lines)
         report.files += 1
         failure = _check_recorded(path, rec, count, at_recorded)
-        if failure is not None and (hint := _cut_hint(path)):
-            failure += hint
         if failure is not None:
-            return failure
+            return failure + _cut_hint(path)
         if rec is not None and count > rec.line_count:
             report.notes.append(f"{path}: {count - rec.line_count} lines not yet applied to the database")
         if count:
