@@ -20,9 +20,9 @@ from typing import Any
 
 import pymysql
 
-from eventlog.db import DatabaseUrl, parse_database_url
 from eventlog.events import ZERO_HASH, Event, encode_line, line_hash
 from eventlog.files import log_path
+from projections.db import DatabaseUrl, parse_database_url
 
 PROJECT = Path(__file__).resolve().parent.parent
 RESULTS = PROJECT / "ops" / "results"

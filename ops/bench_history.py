@@ -35,7 +35,6 @@ from typing import Any
 
 import aiohttp
 
-from eventlog.db import Database, connect
 from eventlog.events import PUSH, SYNC, Event, new_event_id
 from eventlog.files import device_days, device_ids, log_path, read_lines
 from ops.bench_common import (
@@ -49,6 +48,7 @@ from ops.bench_common import (
     write_device_log,
 )
 from projections.changes import changes_of, placed_line
+from projections.db import Database, connect
 from projections.replay import replay_logs
 from projections.schema import apply_schema
 from projections.sql_recorder import Statements, log_rows, read_model_rows

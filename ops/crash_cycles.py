@@ -67,9 +67,9 @@ import aiohttp
 import orjson
 import pymysql
 
-from eventlog.db import DatabaseUrl, parse_database_url
 from ops.bench_common import PROJECT, RESULTS, TLINK_PUSH, code_version, free_port, machine_facts, table
 from ops.private_mariadb import PrivateMariaDB, available
+from projections.db import DatabaseUrl, parse_database_url
 
 SAMPLE: dict[str, Any] = orjson.loads((PROJECT / "tests" / "fixtures" / "sample_push.json").read_bytes())
 DEFAULT_MYSQL_SERVER = "mysql://root@127.0.0.1:3306/test"  # the database part is not used

@@ -50,7 +50,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from service.tlink_client import MAX_PAGE_SIZE, parse_json
+from service.jobs.tlink_client import MAX_PAGE_SIZE, parse_json
 
 FIXTURE_USER_ID = 385
 TOKEN_PATH = "/oauth/token"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pymysql
 
-from eventlog.db import parse_database_url
 from ops.bench_common import free_port
+from projections.db import parse_database_url
 
 MARIADBD = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
 INSTALL_DB = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db"

@@ -7,7 +7,7 @@ import time
 
 import pymysql
 
-from eventlog.db import parse_database_url
+from projections.db import parse_database_url
 
 
 def wait(url: str, seconds: float) -> bool:

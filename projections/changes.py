@@ -17,7 +17,7 @@ import orjson
 
 from eventlog.events import PUSH, SYNC, Event, body_digest, decode_line, line_hash
 from eventlog.files import LogLine
-from eventlog.readings import MAX_ID, InvalidBody, Reading, flag_bool, integer_text, parse_platform_time, parsed_of
+from projections.readings import MAX_ID, InvalidBody, Reading, flag_bool, integer_text, parse_platform_time, parsed_of
 
 BLOCK_LINES = 64
 _USER_NAMESPACE = uuid.UUID("6f1f3c1e-8d55-4c41-9a63-1f3e2b7a9c00")

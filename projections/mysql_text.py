@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from eventlog.db import Literals, datetime_literal, quote, text_literal
 from projections.changes import Changes, event_row_body, user_uuid
+from projections.db import Literals, datetime_literal, quote, text_literal
 
 _FLAG = {None: "NULL", True: "1", False: "0"}
 

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eventlog.db import DatabaseUnavailable
 from eventlog.events import BadLine
 from eventlog.files import device_days, log_path, read_lines
 from eventlog.foreign import describe_line
 from eventlog.store import Appended, LogUnavailable
 from projections.changes import Changes, Placed, changes_of, placed_line
+from projections.db import DatabaseUnavailable
 from projections.recorder import Position, Recorder
 
 log = logging.getLogger("tlink.projector")

@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eventlog.db import Database
 from eventlog.store import LogStore
 from projections.changes import Changes
+from projections.db import Database
 from projections.projector import DeviceStop, Projector
 from projections.recorder import Position
 from projections.schema import READ_MODEL_TABLES, apply_schema, renamed_statements

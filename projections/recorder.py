@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
-from eventlog.db import DatabaseUnavailable
-from eventlog.readings import Reading
 from projections.changes import (
     BlockRow,
     Changes,
@@ -33,7 +31,9 @@ from projections.changes import (
     merge_sensor_meta,
     merge_user,
 )
+from projections.db import DatabaseUnavailable
 from projections.errors import ProjectionError
+from projections.readings import Reading
 
 K = TypeVar("K")
 R = TypeVar("R")

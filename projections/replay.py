@@ -16,11 +16,11 @@ from typing import Any
 
 import orjson
 
-from eventlog.db import Database, connect
 from eventlog.events import EventLogError
 from eventlog.recovery import Repair, repair_all
 from eventlog.store import LogStore, lock_root
 from eventlog.verify import RecordedFile
+from projections.db import Database, connect
 from projections.projector import DeviceStop, Projector
 from projections.schema import SCHEMA_VERSION, apply_schema, stored_version
 from projections.sql_recorder import SqlRecorder

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-from eventlog.db import Database, DatabaseError
 from eventlog.events import utc_now
 from eventlog.retention import (
     ExpiredFile,
@@ -24,6 +23,7 @@ from eventlog.retention import (
     remove_empty_device_dirs,
     summarize,
 )
+from projections.db import Database, DatabaseError
 from projections.rebuild import RebuildReport, rebuild
 
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import sql as sql_package
-from eventlog.db import Database, DatabaseError, DatabaseUnavailable, split_statements
+from projections.db import Database, DatabaseError, DatabaseUnavailable, split_statements
 from projections.errors import ProjectionError
 
 READ_MODEL_TABLES = ("users", "devices", "sensors", "sensor_readings")

@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from eventlog.db import Database, placeholders
 from projections.changes import Changes, event_row_body, user_uuid
+from projections.db import Database, placeholders
 from projections.mysql_text import mysql_literals
 from projections.recorder import Position, Recorder
 from projections.schema import create_tables, drop_all, schema_outdated, schema_script

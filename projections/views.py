@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from eventlog.db import Database, Row, placeholders
-from eventlog.history import Block, LogPoint, Window
+from projections.db import Database, Row, placeholders
+from projections.history import Block, LogPoint, Window
 
 
 @dataclass(frozen=True, slots=True)

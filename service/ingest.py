@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from eventlog.db import DatabaseError
 from eventlog.events import PUSH, SYNC, body_digest
-from eventlog.readings import InvalidBody, Reading, parse_id, parse_push, remember_readings
 from eventlog.store import Appended, LogStore
+from projections.db import DatabaseError
 from projections.projector import Projector
+from projections.readings import InvalidBody, Reading, parse_id, parse_push, remember_readings
 from projections.recorder import Recorder
 
 log = logging.getLogger("tlink.ingest")

@@ -14,10 +14,10 @@ import pymysql
 import pytest
 from aiohttp.test_utils import TestClient
 
-from eventlog.db import parse_database_url
 from ops.private_mariadb import PrivateMariaDB
-from service.app import create_app
+from projections.db import parse_database_url
 from service.config import Settings, load_settings
+from service.http.app import create_app
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MYSQL_URL = os.environ.get("TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.auth import key_ok
+from service.http.middleware.auth import key_ok
 from tests.conftest import fixture_bytes
 from tests.test_api_openapi import api_get, check_answer
 

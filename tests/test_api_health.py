@@ -5,11 +5,11 @@ from __future__ import annotations
 import shutil
 from types import SimpleNamespace
 
-from service.app import create_app
 from service.config import load_settings
-from service.health import projection_check, reasons
-from service.keys import PROJECTOR
-from service.schemas import Check
+from service.http.app import create_app
+from service.http.health import projection_check, reasons
+from service.http.keys import PROJECTOR
+from service.http.schemas import Check
 from tests.test_api_openapi import api_get
 
 

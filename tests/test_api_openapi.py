@@ -14,7 +14,7 @@ import pytest
 from openapi_schema_validator import OAS31Validator
 
 from service.config import load_settings
-from service.openapi import build_document
+from service.http.openapi import build_document
 from tests.conftest import fixture_bytes
 
 SAMPLE = fixture_bytes("sample_push.json")

@@ -13,9 +13,9 @@ import orjson
 import pytest
 
 from eventlog.files import device_days, log_path
-from eventlog.history import Window
 from projections import views
-from service.keys import DATABASE, INGESTOR
+from projections.history import Window
+from service.http.keys import DATABASE, INGESTOR
 from tests.conftest import fixture_bytes
 from tests.test_api_openapi import api_get
 

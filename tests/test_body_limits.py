@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from eventlog.readings import (
+from projections.readings import (
     MAX_FLAG_CHARS,
     MAX_PARENT_USER_ID_CHARS,
     MAX_SENSOR_TYPE_ID,

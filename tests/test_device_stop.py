@@ -10,10 +10,10 @@ from typing import Any
 import orjson
 import pytest
 
-from eventlog.db import connect
 from eventlog.events import PUSH
 from eventlog.files import log_path
 from eventlog.store import LogStore
+from projections.db import connect
 from projections.replay import replay_logs
 from tests.conftest import fixture_bytes
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eventlog.events import PUSH, BadLine, Event, decode_line, encode_line, format_instant, new_event_id
-from eventlog.readings import InvalidBody, parse_push, sync_readings
+from projections.readings import InvalidBody, parse_push, sync_readings
 from tests.conftest import fixture_bytes
 
 json_values = st.recursive(
@@ -165,7 +165,7 @@ def test_values_at_the_limits_are_accepted_as_text():
 
 
 def test_a_day_before_the_first_day_is_invalid_not_an_overflow():
-    from eventlog.readings import reading_time
+    from projections.readings import reading_time
 
     with pytest.raises(InvalidBody, match=r"sensorsDates\[3\].times"):
         reading_time(datetime(1, 1, 1), "00:00:01", 3)

@@ -10,7 +10,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from eventlog.db import connect
 from eventlog.events import PUSH, ZERO_HASH, Event, decode_line, encode_line, line_hash
 from eventlog.files import device_days, first_line, log_path, side_files
 from eventlog.foreign import LEGACY_PIPE_LINE, describe_line, foreign_reason
@@ -18,6 +17,7 @@ from eventlog.recovery import FOREIGN, TORN, foreign_path, quarantine_path, repa
 from eventlog.retention import expired_files
 from eventlog.store import LogStore
 from eventlog.verify import verify
+from projections.db import connect
 from projections.replay import replay_logs
 from tests.conftest import fixture_bytes
 

@@ -1,7 +1,7 @@
 """Unit: reading history and raw events back from log files written by the real LogStore.
 
 The side index comes from the real projector on the in-memory recorder; the answers are
-checked against a brute-force read of every line with eventlog.readings.readings_of.
+checked against a brute-force read of every line with projections.readings.readings_of.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 
 from eventlog.events import PUSH, SYNC, SYNC_FAILED, decode_line
 from eventlog.files import device_days, log_path, read_lines
-from eventlog.history import FIRST_PAGE, Block, LogPoint, Window, device_events, newest_lines, read_history
-from eventlog.readings import readings_of
 from eventlog.store import LogStore
+from projections.history import FIRST_PAGE, Block, LogPoint, Window, device_events, newest_lines, read_history
 from projections.projector import Projector
+from projections.readings import readings_of
 from projections.recorder import MemoryRecorder
 
 DEVICE, USER = 2864, 385

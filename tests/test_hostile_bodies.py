@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from service.body import MAX_JSON_DEPTH
+from service.http.body import MAX_JSON_DEPTH
 from tests.conftest import fixture_bytes
 
 SAMPLE_BYTES = fixture_bytes("sample_push.json")

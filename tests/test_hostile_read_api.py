@@ -24,13 +24,13 @@ import orjson
 import pytest
 from openapi_schema_validator import OAS31Validator
 
-from eventlog.readings import MAX_ID
 from ops.private_mariadb import available as mariadbd_available
 from ops.private_mariadb import query as mysql_query
-from service import query
-from service.app import create_app
+from projections.readings import MAX_ID
 from service.config import SettingsError, load_settings
-from service.keys import PROJECTOR
+from service.http import query
+from service.http.app import create_app
+from service.http.keys import PROJECTOR
 from tests.conftest import fixture_bytes
 from tests.test_api_openapi import api_get, document
 

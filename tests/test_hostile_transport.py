@@ -21,10 +21,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from service.app import create_app
-from service.metrics import METRICS
-from service.server import server_options, use_json_error_server
-from service.webhook import BODY_BUDGET
+from service.http.app import create_app
+from service.http.metrics import METRICS
+from service.http.server import server_options, use_json_error_server
+from service.http.webhook import BODY_BUDGET
 from tests.conftest import MakeSettings, fixture_bytes
 
 SAMPLE = fixture_bytes("sample_push.json")

@@ -24,7 +24,7 @@ from eventlog.events import PUSH, ZERO_HASH, decode_line, line_hash
 from eventlog.files import device_days, log_path
 from eventlog.store import Appended, LogStore, LogUnavailable
 from eventlog.verify import verify
-from service.keys import DATABASE, INGESTOR, PROJECTOR, STORE
+from service.http.keys import DATABASE, INGESTOR, PROJECTOR, STORE
 from tests.conftest import Clock, fixture_bytes
 
 DAY = "2026-03-01"

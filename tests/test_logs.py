@@ -248,8 +248,8 @@ SECRETS = {
 def test_start_up_line_names_the_effective_settings_with_secrets_masked(
     fmt: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
-    from service import server
     from service.config import load_settings
+    from service.http import server
 
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)

@@ -11,14 +11,14 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from eventlog.db import DatabaseUnavailable
 from eventlog.events import PUSH, ZERO_HASH, Event, encode_line, new_event_id
 from eventlog.files import log_path
 from eventlog.store import LogUnavailable
-from service.app import create_app
-from service.keys import INGESTOR, PROJECTOR, RECORDER, STORE
-from service.scheduler import RETENTION_STATS, SYNC_STATS
-from service.sync import SyncReport, UserReport
+from projections.db import DatabaseUnavailable
+from service.http.app import create_app
+from service.http.keys import INGESTOR, PROJECTOR, RECORDER, STORE
+from service.jobs.scheduler import RETENTION_STATS, SYNC_STATS
+from service.jobs.sync import SyncReport, UserReport
 from tests.conftest import fixture_bytes
 
 SAMPLE = fixture_bytes("sample_push.json")

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from eventlog.db import DatabaseError, Literals, MysqlDatabase, connect, transaction_text
 from eventlog.store import LogUnavailable
+from projections.db import DatabaseError, Literals, MysqlDatabase, connect, transaction_text
 from tests.conftest import mysql_database_url
 
 pytestmark = pytest.mark.mysql

@@ -8,9 +8,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventlog.db import Literals, mysql_multirow
 from eventlog.events import PUSH, SYNC, Event, encode_line, line_hash, new_event_id
 from projections.changes import Placed, changes_of
+from projections.db import Literals, mysql_multirow
 from projections.mysql_text import mysql_literals
 from projections.sql_recorder import ROW_BUILDERS, Statements
 

@@ -10,9 +10,9 @@ import pytest
 
 from eventlog.files import device_days, log_path
 from ops.private_mariadb import available
-from service.app import create_app
 from service.config import load_settings
-from service.keys import PROJECTOR
+from service.http.app import create_app
+from service.http.keys import PROJECTOR
 from tests.conftest import fixture_bytes
 
 pytestmark = [pytest.mark.mysql, pytest.mark.slow, pytest.mark.skipif(not available(), reason="no mariadbd")]

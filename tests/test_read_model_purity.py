@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventlog.db import Database, connect
 from eventlog.events import PUSH, SYNC
 from eventlog.store import LogStore
+from projections.db import Database, connect
 from projections.projector import Projector
 from projections.rebuild import rebuild
 from projections.replay import replay_logs

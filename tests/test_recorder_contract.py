@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from eventlog.db import connect
 from eventlog.events import PUSH, SYNC, Event, encode_line, line_hash, new_event_id
 from projections.changes import Placed, changes_of
+from projections.db import connect
 from projections.recorder import MemoryRecorder, Position, Recorder
 from projections.sql_recorder import SqlRecorder
 from tests.conftest import fixture_bytes, mysql_database_url

@@ -7,12 +7,12 @@ from typing import Any
 
 import orjson
 
-from eventlog.db import connect
 from eventlog.events import SYNC
+from projections.db import connect
 from projections.rebuild import rebuild
 from projections.replay import replay_logs
 from projections.schema import ALL_TABLES, READ_MODEL_TABLES
-from service.keys import INGESTOR
+from service.http.keys import INGESTOR
 from tests.conftest import fixture_bytes
 
 SAMPLE = orjson.loads(fixture_bytes("sample_push.json"))

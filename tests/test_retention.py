@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import unused_port
 
-from eventlog.db import Database, DatabaseUnavailable, Row, connect
 from eventlog.events import PUSH, SYNC, ZERO_HASH, decode_line, line_hash
 from eventlog.files import device_days, device_ids, log_path
 from eventlog.retention import (
@@ -25,11 +24,12 @@ from eventlog.retention import (
 )
 from eventlog.store import LogStore
 from eventlog.verify import verify
+from projections.db import Database, DatabaseUnavailable, Row, connect
 from projections.replay import recorded_files, replay_logs
 from projections.retention import prune_logs
-from service.cli import main
-from service.keys import DATABASE
-from service.scheduler import (
+from service.cli.main import main
+from service.http.keys import DATABASE
+from service.jobs.scheduler import (
     RETENTION_FIRST_RUN_SECONDS,
     RETENTION_JOB,
     RETENTION_JOB_ID,

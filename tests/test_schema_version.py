@@ -8,7 +8,7 @@ import copy
 import orjson
 import pytest
 
-from eventlog.db import connect
+from projections.db import connect
 from projections.schema import SCHEMA_VERSION, SchemaOutdated, apply_schema, stored_version
 from tests.conftest import fixture_bytes
 

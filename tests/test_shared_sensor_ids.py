@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from eventlog.db import connect
+from projections.db import connect
 from projections.replay import replay_logs
 from tests.conftest import fixture_bytes
 

@@ -20,15 +20,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from eventlog.db import connect
 from eventlog.events import SYNC, SYNC_FAILED
 from eventlog.files import device_days, device_ids, log_path
 from eventlog.retention import sync_failures_path
 from eventlog.store import lock_root
 from ops.fake_tlink import FAKE_TLINK_STATE, SENSOR_DATA_PATH, FakeTlinkState, make_fake_tlink_app
-from service.cli import main
-from service.keys import DATABASE, INGESTOR, SETTINGS
-from service.scheduler import (
+from projections.db import connect
+from service.cli.main import main
+from service.http.keys import DATABASE, INGESTOR, SETTINGS
+from service.jobs.scheduler import (
     RETENTION_JOB_ID,
     SCHEDULER,
     SYNC_JOB,
@@ -38,7 +38,7 @@ from service.scheduler import (
     new_scheduler,
     schedule,
 )
-from service.sync import FAILED, OK, PARTIAL, SyncStats, build_sync
+from service.jobs.sync import FAILED, OK, PARTIAL, SyncStats, build_sync
 
 FIXTURES = Path(__file__).parent / "fixtures"
 USER = 385
@@ -459,7 +459,7 @@ def cli_env(fake: Fake, database_url: str, log_root: Path, **extra: str) -> dict
 
 async def run_cli(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main(sys.argv[1:]))", *args,
+        sys.executable, "-c", "import sys; from service.cli.main import main; sys.exit(main(sys.argv[1:]))", *args,
         env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(process.communicate(), timeout=60)

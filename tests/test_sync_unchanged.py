@@ -20,16 +20,16 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from eventlog.db import connect
 from eventlog.events import PUSH, SYNC, SYNC_FAILED, body_digest
-from eventlog.readings import sync_readings
 from eventlog.store import LogStore
+from projections.db import connect
+from projections.readings import sync_readings
 from projections.replay import replay_logs
 from projections.schema import READ_MODEL_TABLES
-from service.keys import DATABASE
-from service.scheduler import SYNC_JOB, SYNC_STATS
-from service.sync import OK, TlinkSync
-from service.sync_state import LastSync, LastSyncs, newest_sync
+from service.http.keys import DATABASE
+from service.jobs.scheduler import SYNC_JOB, SYNC_STATS
+from service.jobs.sync import OK, TlinkSync
+from service.jobs.sync_state import LastSync, LastSyncs, newest_sync
 from tests.test_sync import (
     DEVICES,
     FIXTURES,
@@ -341,7 +341,7 @@ async def test_last_syncs_reads_the_log_once_then_remembers(log_root, monkeypatc
         reads.append(device_id)
         return real(root, device_id, durable_end)
 
-    monkeypatch.setattr("service.sync_state.newest_sync", counted)
+    monkeypatch.setattr("service.jobs.sync_state.newest_sync", counted)
     syncs = LastSyncs(log_root)
     expected = LastSync(USER, body_digest(fixture_device(3000)))
     assert await syncs.get(3000) == expected and await syncs.get(3000) == expected

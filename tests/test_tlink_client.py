@@ -22,7 +22,7 @@ from ops.fake_tlink import (
     FakeTlinkState,
     make_fake_tlink_app,
 )
-from service.tlink_client import (
+from service.jobs.tlink_client import (
     TlinkApiError,
     TlinkAuthError,
     TlinkBusinessError,
@@ -398,7 +398,7 @@ async def test_answer_without_data_list_is_refused(aiohttp_server: ServerFactory
 
 
 async def test_secrets_never_reach_logs_or_repr(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="service.tlink_client")
+    caplog.set_level(logging.DEBUG, logger="service.jobs.tlink_client")
     client = harness.client()
     await collect(client)
     harness.state.fail_next_api_with_401 = 1

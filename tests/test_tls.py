@@ -21,8 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pytest_aiohttp import AiohttpServer
 
-from service import tls
-from service.tls import TlsError, build_ssl_context, ensure_certificate
+from service.http import tls
+from service.http.tls import TlsError, build_ssl_context, ensure_certificate
 
 ROOT = Path(__file__).resolve().parent.parent
 

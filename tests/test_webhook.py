@@ -34,7 +34,7 @@ async def post(client, body: bytes, **kwargs):
 
 
 async def latest_values(database_url: str) -> dict[int, str]:
-    from eventlog.db import connect
+    from projections.db import connect
 
     db = await connect(database_url)
     try:

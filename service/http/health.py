@@ -21,13 +21,13 @@ from pathlib import Path
 
 from aiohttp import web
 
-from eventlog.db import Database, DatabaseError, DatabaseUnavailable
 from eventlog.files import log_path
+from projections.db import Database, DatabaseError, DatabaseUnavailable
 from projections.projector import DeviceStop, Projector
-from service.api import answer
-from service.auth import key_ok
-from service.keys import DATABASE, PROJECTOR, SETTINGS
-from service.schemas import Check, HealthAnswer, ProjectionCheck, ReadyAnswer, StoppedDevice
+from service.http.api import answer
+from service.http.keys import DATABASE, PROJECTOR, SETTINGS
+from service.http.middleware.auth import key_ok
+from service.http.schemas import Check, HealthAnswer, ProjectionCheck, ReadyAnswer, StoppedDevice
 
 PING_TIMEOUT = 2.0
 

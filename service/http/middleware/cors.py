@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.errors import Handler, error_response
-from service.keys import SETTINGS
+from service.http.keys import SETTINGS
+from service.http.middleware.errors import Handler, error_response
 
 ALLOW_METHODS = "GET, HEAD, POST, OPTIONS"
 ALLOW_HEADERS = "Authorization, Content-Type, X-TLink-Signature"

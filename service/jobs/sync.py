@@ -12,7 +12,7 @@ the device's newest `sync` event (the same JSON value whatever the key order or
 spacing, eventlog.events.body_digest, and recorded for the same user) is not appended
 again; the run counts it as unchanged. That newest event comes from the device's log,
 read backward the first time the device is synced after start-up and then kept in
-memory (service.sync_state), so a restart does not log an unchanged device again.
+memory (service.jobs.sync_state), so a restart does not log an unchanged device again.
 Only `sync` events count: a `push` or a `sync_failed` in between changes nothing.
 
 "New readings" of a run are the (sensor, reading time) pairs of the appended devices
@@ -34,16 +34,16 @@ from typing import Any
 
 import aiohttp
 
-from eventlog.db import Database, DatabaseError, placeholders
 from eventlog.deadletter import RecordLog
 from eventlog.events import SYNC_FAILED, body_digest, format_instant, utc_now
-from eventlog.readings import InvalidBody, Reading, parse_id, sync_readings
 from eventlog.retention import SYNC_FAILURES_DIR, sync_failures_path
+from projections.db import Database, DatabaseError, placeholders
+from projections.readings import InvalidBody, Reading, parse_id, sync_readings
 from projections.views import platform_time
 from service.config import Settings
 from service.ingest import Ingestor
-from service.sync_state import LastSync, LastSyncs
-from service.tlink_client import TlinkClient, TlinkClientConfig, TlinkError
+from service.jobs.sync_state import LastSync, LastSyncs
+from service.jobs.tlink_client import TlinkClient, TlinkClientConfig, TlinkError
 
 log = logging.getLogger("tlink.sync")
 

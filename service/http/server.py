@@ -12,11 +12,11 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from service.app import create_app
 from service.config import SECRET_SETTINGS, Settings
-from service.errors import error_response
+from service.http.app import create_app
+from service.http.middleware.errors import error_response
+from service.http.tls import TlsError, build_ssl_context
 from service.logs import describe_settings
-from service.tls import TlsError, build_ssl_context
 
 log = logging.getLogger("tlink.server")
 

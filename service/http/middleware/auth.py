@@ -11,8 +11,8 @@ import hmac
 
 from aiohttp import web
 
-from service.errors import Handler, error_response
-from service.keys import SETTINGS
+from service.http.keys import SETTINGS
+from service.http.middleware.errors import Handler, error_response
 
 EXEMPT_PATHS = frozenset({"/api/health", "/api/ready"})
 GUARDED_METHODS = frozenset({"GET", "HEAD"})

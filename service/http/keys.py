@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from eventlog.db import Database
 from eventlog.deadletter import DeadLetters
 from eventlog.store import LogStore
+from projections.db import Database
 from projections.projector import Projector
 from projections.recorder import Recorder
 from service.config import Settings

@@ -13,11 +13,11 @@ from typing import Any
 
 from aiohttp import web
 
-from eventlog import readings
 from eventlog.events import EVENT_TYPES
-from eventlog.history import Window
-from eventlog.readings import MAX_ID, MAX_YEAR, MIN_YEAR, InvalidBody, parse_platform_time
-from service.errors import ApiError
+from projections import readings
+from projections.history import Window
+from projections.readings import MAX_ID, MAX_YEAR, MIN_YEAR, InvalidBody, parse_platform_time
+from service.http.middleware.errors import ApiError
 
 MAX_PAGE = 1_000_000_000  # page and pageSize above it are a 400 (pageSize over MAX_PAGE_SIZE is capped first)
 

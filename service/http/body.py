@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from eventlog.readings import InvalidBody
+from projections.readings import InvalidBody
 
 MAX_JSON_DEPTH = 32  # objects and arrays nested in one another, the body itself being level 1
 MIN_INTEGER = -(2**63)

@@ -7,10 +7,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from eventlog.readings import MAX_FLAG_CHARS, MAX_ID, MAX_PARENT_USER_ID_CHARS, MAX_UNIT_CHARS, MAX_VALUE_CHARS
-from service.body import MAX_INTEGER, MIN_INTEGER
+from projections.readings import MAX_FLAG_CHARS, MAX_ID, MAX_PARENT_USER_ID_CHARS, MAX_UNIT_CHARS, MAX_VALUE_CHARS
 from service.config import Settings
-from service.query import CLOCK_PATTERN, TIME_PATTERN
+from service.http.body import MAX_INTEGER, MIN_INTEGER
+from service.http.query import CLOCK_PATTERN, TIME_PATTERN
 
 PlatformTime = Annotated[
     str,
@@ -263,9 +263,9 @@ class WebhookAnswer(Answer):
 
 
 # Any JSON value the webhook keeps as received (its unknown fields): integers within what
-# orjson keeps as integers (service/body.py), everything else as JSON has it.
+# orjson keeps as integers (service/http/body.py), everything else as JSON has it.
 JSON_VALUE_REF: dict[str, Any] = {"$ref": "#/components/schemas/JsonValue"}
-ANY_JSON_MARK: dict[str, Any] = {"x-any-json": True}  # service/openapi.py puts JSON_VALUE_REF where this is
+ANY_JSON_MARK: dict[str, Any] = {"x-any-json": True}  # service/http/openapi.py puts JSON_VALUE_REF where this is
 JSON_VALUE: dict[str, Any] = {
     "description": "any JSON value; integers from -2**63 to 2**64-1",
     "anyOf": [
@@ -279,7 +279,7 @@ JSON_VALUE: dict[str, Any] = {
 _FLAG = '"1"/1: yes, "0"/0: no, anything else: unknown'
 _KEPT = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": ANY_JSON_MARK})
 
-# What a push may carry, as the webhook checks it (eventlog/readings.py's limits): ids are
+# What a push may carry, as the webhook checks it (projections/readings.py's limits): ids are
 # JSON integers 1..MAX_ID or short digit strings, times real platform times.
 PushId = Annotated[int, Field(ge=1, le=MAX_ID)] | Annotated[str, Field(pattern=r"^[1-9][0-9]{0,17}$")]
 PushText = Annotated[str, Field(max_length=MAX_VALUE_CHARS)] | float | int

@@ -11,15 +11,15 @@ from contextlib import asynccontextmanager
 import aiohttp
 from aiohttp import web
 
-from eventlog.db import Database
 from eventlog.store import LogLocked
+from projections.db import Database
 from projections.retention import PruneReport, prune_logs
 from projections.schema import apply_schema
-from service.app import create_app, storage_ctx
-from service.cli import command, with_db
+from service.cli.main import command, with_db
 from service.config import Settings
-from service.keys import DATABASE, INGESTOR
-from service.sync import SyncReport, SyncStats, build_sync
+from service.http.app import create_app, storage_ctx
+from service.http.keys import DATABASE, INGESTOR
+from service.jobs.sync import SyncReport, SyncStats, build_sync
 
 # ---------------------------------------------------------------- prune
 

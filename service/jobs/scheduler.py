@@ -24,8 +24,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from eventlog.events import utc_now
 from projections.retention import PruneReport, prune_logs
-from service.keys import DATABASE, INGESTOR, SETTINGS
-from service.sync import SyncReport, SyncStats, build_sync
+from service.http.keys import DATABASE, INGESTOR, SETTINGS
+from service.jobs.sync import SyncReport, SyncStats, build_sync
 
 log = logging.getLogger("tlink.jobs")
 

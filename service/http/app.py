@@ -7,17 +7,19 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from eventlog.db import connect
 from eventlog.deadletter import DeadLetters
 from eventlog.store import LogStore
+from projections.db import connect
 from projections.projector import Projector
 from projections.sql_recorder import SqlRecorder
-from service import api, cors, health, metrics, openapi, scheduler, webhook
-from service.auth import api_key_middleware
 from service.config import Settings
-from service.errors import error_middleware
+from service.http import api, health, metrics, openapi, webhook
+from service.http.keys import DATABASE, DEAD_LETTERS, INGESTOR, PROJECTOR, RECORDER, SETTINGS, STORE
+from service.http.middleware import cors
+from service.http.middleware.auth import api_key_middleware
+from service.http.middleware.errors import error_middleware
 from service.ingest import Ingestor
-from service.keys import DATABASE, DEAD_LETTERS, INGESTOR, PROJECTOR, RECORDER, SETTINGS, STORE
+from service.jobs import scheduler
 
 log = logging.getLogger("tlink.app")
 

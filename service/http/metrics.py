@@ -28,11 +28,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from eventlog.recovery import TORN
-from service.errors import Handler
-from service.keys import DEAD_LETTERED, PROJECTOR, PUSH_OUTCOME, STORE, STORED_READINGS
-from service.scheduler import RETENTION_STATS, SYNC_STATS
-from service.sync import SyncReport
-from service.webhook import ABORTED, WEBHOOK_PATH
+from service.http.keys import DEAD_LETTERED, PROJECTOR, PUSH_OUTCOME, STORE, STORED_READINGS
+from service.http.middleware.errors import Handler
+from service.http.webhook import ABORTED, WEBHOOK_PATH
+from service.jobs.scheduler import RETENTION_STATS, SYNC_STATS
+from service.jobs.sync import SyncReport
 
 METRICS_PATH = "/metrics"
 

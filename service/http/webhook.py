@@ -10,11 +10,11 @@ from contextlib import contextmanager
 
 from aiohttp import web
 
-from eventlog.readings import InvalidBody
-from service.auth import secret_equal
-from service.body import parse_object
-from service.errors import ApiError, json_response
-from service.keys import DEAD_LETTERED, DEAD_LETTERS, INGESTOR, PUSH_OUTCOME, SETTINGS, STORED_READINGS
+from projections.readings import InvalidBody
+from service.http.body import parse_object
+from service.http.keys import DEAD_LETTERED, DEAD_LETTERS, INGESTOR, PUSH_OUTCOME, SETTINGS, STORED_READINGS
+from service.http.middleware.auth import secret_equal
+from service.http.middleware.errors import ApiError, json_response
 
 WEBHOOK_PATH = "/api/webhooks/tlink"
 # The outcome of a push whose client disconnected before its body was received.

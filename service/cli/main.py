@@ -12,9 +12,9 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from eventlog.db import Database, DatabaseError, DatabaseMissing, connect
 from eventlog.events import EventLogError
 from eventlog.verify import RecordedFile, verify
+from projections.db import Database, DatabaseError, DatabaseMissing, connect
 from projections.errors import ProjectionError
 from projections.projector import DeviceStop
 from projections.rebuild import rebuild
@@ -82,7 +82,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("serve", "run the HTTP service", _serve_arguments)
 def serve(args: argparse.Namespace, settings: Settings) -> int:
-    from service.server import run_server
+    from service.http.server import run_server
 
     return run_server(settings, host=args.host, port=args.port)
 
@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tlink-push` console script."""
-    import service.jobs_cli  # noqa: F401  (registers prune and sync)
+    import service.cli.commands  # noqa: F401  (registers prune and sync)
 
     args = build_parser().parse_args(argv)
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 import orjson
 
 from eventlog.events import SYNC, body_digest
-from eventlog.history import DurableEnd, newest_lines
+from projections.history import DurableEnd, newest_lines
 
 log = logging.getLogger("tlink.sync")
 

@@ -24,7 +24,7 @@ import orjson
 
 from eventlog.events import PUSH, SYNC
 from eventlog.files import device_days, log_path
-from eventlog.readings import (
+from projections.readings import (
     InvalidBody,
     Reading,
     cached_reading_time,
@@ -254,7 +254,7 @@ def _scan_line(topk: _TopK, point: LogPoint, raw: bytes) -> None:
 
 
 def _scan_push(topk: _TopK, point: LogPoint, body: dict[str, Any]) -> None:
-    """The readings of a push body, as eventlog.readings.parse_push makes them.
+    """The readings of a push body, as projections.readings.parse_push makes them.
 
     Logged pushes passed parse_push before they were written, so the checks are not
     repeated; only readings that can enter the answer are built, and each distinct

@@ -14,15 +14,15 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from eventlog.db import Database
-from eventlog.history import FIRST_PAGE, Block, LogPoint, Window, device_events, read_history
-from eventlog.readings import Reading
 from projections import views
+from projections.db import Database
+from projections.history import FIRST_PAGE, Block, LogPoint, Window, device_events, read_history
+from projections.readings import Reading
 from projections.views import DeviceView, SensorView, UserView
-from service import query, schemas
-from service.errors import ApiError, json_response
-from service.keys import DATABASE, SETTINGS, STORE
-from service.reference import DEVICE_APIS
+from service.http import query, schemas
+from service.http.keys import DATABASE, SETTINGS, STORE
+from service.http.middleware.errors import ApiError, json_response
+from service.http.reference import DEVICE_APIS
 
 
 def answer(model: type[BaseModel], data: dict[str, Any], status: int = 200) -> web.Response:

@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Callable, Mapping
 import orjson
 from aiohttp import web
 
-from eventlog.db import DatabaseUnavailable
-from eventlog.readings import InvalidBody
 from eventlog.store import LogUnavailable
+from projections.db import DatabaseUnavailable
+from projections.readings import InvalidBody
 
 log = logging.getLogger("tlink.http")
 

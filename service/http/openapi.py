@@ -15,11 +15,11 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from service import query, schemas
 from service.config import Settings
-from service.keys import SETTINGS
-from service.query import Param
-from service.webhook import WEBHOOK_PATH
+from service.http import query, schemas
+from service.http.keys import SETTINGS
+from service.http.query import Param
+from service.http.webhook import WEBHOOK_PATH
 
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
