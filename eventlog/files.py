@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple, Protocol
 
 from eventlog.events import EventLogError
 
@@ -32,6 +33,50 @@ class LogLine:
     def end(self) -> int:
         """Offset just past this line's newline."""
         return self.offset + len(self.raw) + 1
+
+
+class LogEnd(NamedTuple):
+    """Where a device's log ends: its newest file holding a line and that file's size (day None: no line yet)."""
+
+    day: str | None
+    size: int
+
+
+class LogView(Protocol):
+    """What readers of the log (the projector, history) need to know of it: its devices and, per
+    device, the end of what is on disk (nothing past it is still being written)."""
+
+    def devices(self) -> list[int]:
+        """Devices with a folder under the root, ascending."""
+        ...
+
+    def durable_end(self, device_id: int) -> LogEnd:
+        """The end of the device's log that is on disk."""
+        ...
+
+
+class LogFiles:
+    """A log root as its files stand, for a process that does not append to it (replay, rebuild).
+
+    Every question reads the folder again, so lines another process appends meanwhile are
+    seen on the next one; a last line still being written is not a complete line, and every
+    reader of lines stops before it.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def devices(self) -> list[int]:
+        """Devices with a folder under the root, ascending."""
+        return device_ids(self.root)
+
+    def durable_end(self, device_id: int) -> LogEnd:
+        """The newest file holding a complete line, and its size."""
+        for day in reversed(device_days(self.root, device_id)):
+            raw, size = last_line_and_size(log_path(self.root, device_id, day))
+            if raw is not None:  # an empty file: the log ends in the file before it
+                return LogEnd(day, size)
+        return LogEnd(None, 0)
 
 
 def device_dir(root: Path, device_id: int) -> Path:

@@ -1,10 +1,12 @@
 """The append-only log store: hash-chained lines, group commit, durable acknowledgement.
 
-Writers hand an event to `append`, which queues it with a future. One flusher task
-takes everything queued, chains and encodes the lines in queue order, writes each
-touched file once, fdatasyncs the touched files in parallel threads, and only then
-resolves the futures. So an append returns only when its line is on disk, and many
-concurrent appends share one flush.
+Writers hand an event to `queue` (or `append`, which waits for it), which queues it
+with two futures. One flusher task takes everything queued, chains and encodes the
+lines in queue order (resolving each event's `placed` future: where its line goes),
+writes each touched file once, fdatasyncs the touched files in parallel threads, and
+only then resolves the `durable` futures. So an append returns only when its line is on
+disk, many concurrent appends share one flush, and whoever works on a line's place (the
+projector) can start before the fsync ends.
 
 "On disk" means in the file at the log path. A descriptor keeps writing to its inode
 after the file at its path was replaced (`sed -i` writes a new file and renames it
@@ -42,7 +44,7 @@ from eventlog.events import (
     new_event_id,
     utc_now,
 )
-from eventlog.files import device_days, device_dir, device_ids, fsync_dir, last_line_and_size, log_path
+from eventlog.files import LogEnd, device_days, device_dir, device_ids, fsync_dir, last_line_and_size, log_path
 from eventlog.recovery import Repair, repair_all
 
 log = logging.getLogger("tlink.eventlog")
@@ -100,10 +102,31 @@ class _Head:
     last_hash: str
 
 
-@dataclass(slots=True)
-class _Pending:
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a future's failure as seen: whoever needs the answer awaits the other future of the pair."""
+    if not future.cancelled():
+        future.exception()
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """An event handed to the store, and the two moments of its line.
+
+    `placed`: where the line goes, known once the flusher has chained it, before it is
+    written. `durable`: the same Appended once the line is on disk; LogUnavailable if it
+    never will be (then nothing of it is at the log path), which `placed` also raises
+    when the event was refused before it got a place.
+    """
+
     event: Event
-    future: asyncio.Future[Appended]
+    placed: asyncio.Future[Appended]
+    durable: asyncio.Future[Appended]
+
+    def fail(self, error: BaseException) -> None:
+        """Answer both moments that are still open with `error`."""
+        for future in (self.placed, self.durable):
+            if not future.done():
+                future.set_exception(error)
 
 
 @dataclass(slots=True)
@@ -147,16 +170,13 @@ class _Mismatch:
 class _Batch:
     """Lines of one flush, grouped by file."""
 
-    items: list[tuple[_Pending, Appended]] = field(default_factory=list)
+    items: list[tuple[Queued, Appended]] = field(default_factory=list)
     buffers: dict[tuple[int, str], _Chunk] = field(default_factory=dict)
     before: dict[int, _Head] = field(default_factory=dict)
     new_files: list[Path] = field(default_factory=list)
 
 
 FlushObserver = Callable[[int, int, float], None]  # (lines, bytes, fsync seconds)
-# Hears of a batch of lines before they are written; the future resolves once they are
-# durable (or fails: then they were never written). Lets work overlap the fsync.
-StagedListener = Callable[[list[Appended], "asyncio.Future[None]"], None]
 
 
 class LogStore:
@@ -173,11 +193,11 @@ class LogStore:
         self.root = root
         self._clock = clock
         self._heads: dict[int, _Head] = {}
-        self._durable: dict[int, tuple[str | None, int]] = {}
+        self._durable: dict[int, LogEnd] = {}
         self._fds: OrderedDict[tuple[int, str], _Open] = OrderedDict()
         self._refused: dict[int, str] = {}  # device -> why its appends are refused (until a restart)
         self._max_open = max_open_files
-        self._queue: list[_Pending] = []
+        self._queue: list[Queued] = []
         self._wakeup = asyncio.Event()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="fsync")
         self._helpers = ThreadPoolExecutor(max(1, flush_threads - 1), thread_name_prefix="fsync-helper")
@@ -187,7 +207,6 @@ class LogStore:
         self._closing = False
         self._on_flush = on_flush
         self._lock_fd: int | None = None
-        self.on_staged: StagedListener | None = None
         self.repairs: list[Repair] = []
 
     async def open(self) -> list[Repair]:
@@ -223,17 +242,24 @@ class LogStore:
 
     async def append(self, event: Event) -> Appended:
         """Append one event; returns once its line is durable (LogUnavailable otherwise)."""
+        return await self.queue(event).durable
+
+    def queue(self, event: Event) -> Queued:
+        """Queue one event for the next flush (LogUnavailable now if the log cannot take it)."""
         if self._closing or self._task is None:
             raise LogUnavailable("the event log is not open")
         if event.device_id in self._refused:
             raise self._refusal(event.device_id)
-        future: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(event, future))
+        loop = asyncio.get_running_loop()
+        queued = Queued(event, loop.create_future(), loop.create_future())
+        for future in (queued.placed, queued.durable):  # a waiter may await only one of them
+            future.add_done_callback(_retrieve)
+        self._queue.append(queued)
         self._wakeup.set()
-        return await future
+        return queued
 
-    def durable_end(self, device_id: int) -> tuple[str | None, int]:
-        """(newest day, bytes of it on disk) of a device: nothing past this is unflushed."""
+    def durable_end(self, device_id: int) -> LogEnd:
+        """Where a device's log on disk ends: nothing past this is unflushed."""
         if device_id not in self._durable:
             self._load_head(device_id)
         return self._durable[device_id]
@@ -260,32 +286,26 @@ class LogStore:
             elif self._closing:
                 return
 
-    async def _flush(self, pending: list[_Pending]) -> None:
+    async def _flush(self, pending: list[Queued]) -> None:
         batch = _Batch()
-        durable: asyncio.Future[None] | None = None
         try:
             for item in pending:
                 if item.event.device_id in self._refused:  # queued before its device was refused
-                    if not item.future.done():
-                        item.future.set_exception(self._refusal(item.event.device_id))
+                    item.fail(self._refusal(item.event.device_id))
                     continue
                 self._stage(batch, item)
             if not batch.items:
                 return
-            if self.on_staged is not None:
-                durable = asyncio.get_running_loop().create_future()
-                self.on_staged([appended for _, appended in batch.items], durable)
+            for item, appended in batch.items:
+                item.placed.set_result(appended)
             started = asyncio.get_running_loop().time()
             refused = await self._write_and_sync(batch)
             elapsed = asyncio.get_running_loop().time() - started
         except Exception as exc:  # disk full, I/O error: the whole batch fails, heads roll back
             self._roll_back(batch)
             error = LogUnavailable(f"could not write the event log: {exc}")
-            if durable is not None:
-                durable.set_exception(error)
             for item in pending:
-                if not item.future.done():
-                    item.future.set_exception(error)
+                item.fail(error)
             return
         for device_id, reason in refused.items():
             self._heads[device_id] = batch.before[device_id]
@@ -299,26 +319,20 @@ class LogStore:
                 reason,
                 sum(1 for _, a in batch.items if a.event.device_id == device_id),
             )
-        if durable is not None:  # a projection batch holding refused lines must not commit
-            if refused:
-                durable.set_exception(LogUnavailable(f"appends of devices {sorted(refused)} were refused"))
-            else:
-                durable.set_result(None)
         lines = size = 0
         for item, appended in batch.items:
             device_id = appended.event.device_id
             if device_id in refused:
-                if not item.future.done():
-                    item.future.set_exception(self._refusal(device_id))
+                item.fail(self._refusal(device_id))
                 continue
-            self._durable[device_id] = (appended.day, appended.end)
+            self._durable[device_id] = LogEnd(appended.day, appended.end)
             lines, size = lines + 1, size + appended.length
-            if not item.future.done():
-                item.future.set_result(appended)
+            if not item.durable.done():
+                item.durable.set_result(appended)
         if self._on_flush is not None and lines:
             self._on_flush(lines, size, elapsed)
 
-    def _stage(self, batch: _Batch, item: _Pending) -> None:
+    def _stage(self, batch: _Batch, item: Queued) -> None:
         event = item.event
         head = self._load_head(event.device_id)
         batch.before.setdefault(event.device_id, _Head(head.day, head.size, head.last_hash))
@@ -535,7 +549,7 @@ class LogStore:
         if head is None:
             head = _read_head(self.root, device_id)
             self._heads[device_id] = head
-            self._durable[device_id] = (head.day, head.size)
+            self._durable[device_id] = LogEnd(head.day, head.size)
         return head
 
 

@@ -17,7 +17,16 @@ import orjson
 
 from eventlog.events import PUSH, SYNC, Event, body_digest, decode_line, line_hash
 from eventlog.files import LogLine
-from projections.readings import MAX_ID, InvalidBody, Reading, flag_bool, integer_text, parse_platform_time, parsed_of
+from projections.readings import (
+    MAX_ID,
+    InvalidBody,
+    Parsed,
+    Reading,
+    flag_bool,
+    integer_text,
+    parse_platform_time,
+    read_event,
+)
 
 BLOCK_LINES = 64
 _USER_NAMESPACE = uuid.UUID("6f1f3c1e-8d55-4c41-9a63-1f3e2b7a9c00")
@@ -31,7 +40,7 @@ def user_uuid(tlink_user_id: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Placed:
-    """An event at its place in the log."""
+    """An event at its place in the log, with what is already known of its body (None: read it)."""
 
     event: Event
     day: str
@@ -39,6 +48,7 @@ class Placed:
     offset: int
     length: int
     hash: str
+    parsed: Parsed | None = None
 
     @property
     def end(self) -> int:
@@ -248,7 +258,7 @@ def _add_event(changes: Changes, spans: dict[tuple[int, str, int], list[Any]], p
     """Fold one event into the batch's changes; its block's span is widened in `spans`."""
     event = placed.event
     changes.events.append(placed)
-    known = parsed_of(event)
+    known = placed.parsed or read_event(event)
     readings = known.readings
     _put(changes.users, event.user_id, _user_row(event), merge_user)
     if event.type == PUSH:

@@ -1,29 +1,34 @@
-"""Reading a device's history and raw events back from its log files.
+"""History: the newest readings of a device's sensors in a window, read from its log files.
 
-History: the newest `limit` readings per sensor whose reading time lies in a window,
-each reading once (first logged wins). The log is read newest first through its side
-index: blocks of 64 lines with the byte range and the min/max reading time of each.
-Blocks are visited in descending max reading time, each read with one seek, and the
-walk stops as soon as no unread block can still change the answer. What the index
-does not cover yet (the tail of the log: the newest indexed block, which may still
-grow, and everything after it) is read straight from the files.
+The newest `limit` readings per sensor whose reading time lies in a window, each
+reading once (first logged wins). The log is read newest first through its side index
+(log_blocks: blocks of 64 lines with the byte range and the min/max reading time of
+each). Blocks are visited in descending max reading time, each read with one seek, and
+the walk stops as soon as no unread block can still change the answer. What the index
+does not cover yet (the tail of the log: the newest indexed block, which may still grow,
+and everything after it) is read straight from the files.
+
+`histories` is the one entry point: the index is queried on the event loop, the files
+are read in a worker thread, one hop for the tails and first blocks of every device
+asked for, and one more per further page a device needs (rare).
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
-import os
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import orjson
 
 from eventlog.events import PUSH, SYNC
-from eventlog.files import device_days, log_path
+from eventlog.files import LogEnd, LogView, device_days, log_path
+from projections.db import Database, Row
 from projections.readings import (
     InvalidBody,
     Reading,
@@ -33,14 +38,12 @@ from projections.readings import (
     push_reading,
     sync_readings,
 )
+from projections.views import SensorView, platform_time
 
 # Pages of blocks grow geometrically: the usual request needs two or three blocks,
 # a sparse sensor or a large limit gets there in a few queries.
 FIRST_PAGE = 4
 MAX_PAGE = 256
-REVERSE_CHUNK = 1 << 16
-
-DurableEnd = tuple[str | None, int]  # (newest day, bytes of it on disk)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +82,111 @@ class LogPoint:
     offset: int
 
 
-# (the last block already returned or None, how many) -> the next blocks that overlap the
-# window, lying before the tail, ordered by (max_recorded_at, day, block_no) descending.
-FetchBlocks = Callable[[Block | None, int], Awaitable[list[Block]]]
+Start = tuple[LogPoint | None, list[Block]]  # (where the tail begins, the first blocks of the walk)
+
+
+class BlockIndex(Protocol):
+    """The side index as the walk queries it (SqlBlockIndex; tests have an in-memory one)."""
+
+    async def starts(self, device_ids: Sequence[int], window: Window, size: int) -> dict[int, Start]:
+        """Per device: where the newest indexed block begins (from there on the log is read from the
+        files; None: nothing is indexed) and the first `size` + 1 blocks that overlap the window, in
+        descending (max reading time, day, block) order; the newest block may be among them."""
+        ...
+
+    async def before(
+        self, device_id: int, window: Window, tail: LogPoint | None, after: Block | None, size: int
+    ) -> list[Block]:
+        """At most `size` blocks that overlap `window` and lie before `tail`, next after `after`
+        in descending (max reading time, day, block) order (None: from the first)."""
+        ...
+
+
+async def histories(
+    index: BlockIndex,
+    root: Path,
+    log: LogView,
+    sensors: Mapping[int, Sequence[SensorView]],
+    window: Window,
+    limit: int,
+) -> dict[int, dict[int, list[Reading]]]:
+    """Per device of `sensors`, the newest `limit` readings in `window` of each of its sensors, newest first.
+
+    `sensors` gives each device's sensors as the read model has them: a sensor whose newest
+    reading is older than the window cannot hold the walk up. Only what `log` says is on
+    disk is read.
+    """
+    wanted = [d for d, found in sensors.items() if found] if limit > 0 else []
+    starts = await index.starts(wanted, window, FIRST_PAGE)
+    walks = {d: _Walk(root, d, sensors[d], window, limit, starts[d][0], log.durable_end(d)) for d in wanted}
+    loop = asyncio.get_running_loop()
+    try:
+        open_walks = await loop.run_in_executor(None, _first_steps, walks, starts)
+        for walk in open_walks:
+            page, size, settled = starts[walk.device_id][1], FIRST_PAGE, False
+            while page and not settled:
+                size = min(size * 4, MAX_PAGE)
+                page = await index.before(walk.device_id, window, walk.tail, page[-1], size)
+                settled = await loop.run_in_executor(None, walk.read_blocks, page)
+    finally:
+        for walk in walks.values():
+            walk.close()
+    return {d: walk.result() for d, walk in walks.items()}
+
+
+def _first_steps(walks: dict[int, _Walk], starts: dict[int, Start]) -> list[_Walk]:
+    """In a thread: each walk's tail and first blocks; the walks that need more blocks."""
+    unsettled = []
+    for device_id, walk in walks.items():
+        walk.read_tail()
+        if starts[device_id][1] and not walk.read_blocks(starts[device_id][1]):
+            unsettled.append(walk)
+    return unsettled
+
+
+class _Walk:
+    """One device's history walk: the tail, then blocks newest first, until nothing can change the answer."""
+
+    def __init__(
+        self,
+        root: Path,
+        device_id: int,
+        sensors: Sequence[SensorView],
+        window: Window,
+        limit: int,
+        tail: LogPoint | None,
+        end: LogEnd,
+    ) -> None:
+        self.root, self.device_id, self.tail, self.end = root, device_id, tail, end
+        self._topk = _TopK(limit, [s.sensor_id for s in sensors], window)
+        newest = [s.latest_recorded_at for s in sensors]
+        self._waiting = [s.sensor_id for s, at in zip(sensors, newest, strict=True) if at and window.reaches(at)]
+        self._files = ExitStack()
+        self._reader = _BlockReader(root, device_id, self._files)
+
+    def read_tail(self) -> None:
+        """Offer every line from the tail on."""
+        for point, raw in _tail_lines(self.root, self.device_id, self.tail, self.end):
+            _scan_line(self._topk, point, raw)
+
+    def read_blocks(self, page: list[Block]) -> bool:
+        """Offer the lines of these blocks, in order; True once no further block can change the answer."""
+        for block in page:
+            if self.tail is not None and (block.day, block.start_offset) >= (self.tail.day, self.tail.offset):
+                continue  # read as part of the tail already
+            if self._topk.settled(self._waiting, block.max_recorded_at):
+                return True
+            for point, raw in self._reader.lines(block):
+                _scan_line(self._topk, point, raw)
+        return False
+
+    def result(self) -> dict[int, list[Reading]]:
+        """Each sensor's readings, newest first."""
+        return self._topk.result()
+
+    def close(self) -> None:
+        """Close the files the walk opened."""
+        self._files.close()
 
 
 class _TopK:
@@ -134,46 +239,6 @@ def _newest_first(item: tuple[LogPoint, Reading]) -> datetime:
     return item[1].recorded_at
 
 
-async def read_history(
-    root: Path,
-    device_id: int,
-    sensors: Mapping[int, datetime | None],
-    window: Window,
-    limit: int,
-    tail: LogPoint | None,
-    fetch_blocks: FetchBlocks,
-    durable_end: DurableEnd | None = None,
-) -> dict[int, list[Reading]]:
-    """The newest `limit` readings in `window` of each sensor in `sensors`, newest first.
-
-    `sensors` maps each sensor id to its newest known reading time (None: none known);
-    a sensor whose newest reading is older than the window cannot hold the walk up.
-    `tail` is where the part of the log that the index may not fully cover begins (the
-    start of the newest indexed block; None: nothing is indexed). `durable_end` bounds
-    the read to what the log store has flushed.
-    """
-    topk = _TopK(limit, list(sensors), window)
-    if limit <= 0 or not sensors:
-        return topk.result()
-    waiting = [s for s, newest in sensors.items() if newest is not None and window.reaches(newest)]
-    with ExitStack() as files:
-        reader = _BlockReader(root, device_id, files)
-        for point, raw in _tail_lines(root, device_id, tail, durable_end):
-            _scan_line(topk, point, raw)
-        cursor: Block | None = None
-        size = FIRST_PAGE
-        while page := await fetch_blocks(cursor, size):
-            for block in page:
-                if tail is not None and (block.day, block.start_offset) >= (tail.day, tail.offset):
-                    continue  # read as part of the tail already
-                if topk.settled(waiting, block.max_recorded_at):
-                    return topk.result()
-                for point, raw in reader.lines(block):
-                    _scan_line(topk, point, raw)
-            cursor, size = page[-1], min(size * 4, MAX_PAGE)
-    return topk.result()
-
-
 class _BlockReader:
     """Reads blocks with one seek each, keeping each day's file open for the request."""
 
@@ -200,25 +265,20 @@ class _BlockReader:
         return self._open[day]
 
 
-def _tail_lines(
-    root: Path, device_id: int, tail: LogPoint | None, durable_end: DurableEnd | None
-) -> Iterator[tuple[LogPoint, bytes]]:
-    """Every complete line from `tail` (or the first file) up to the durable end, last first."""
-    end_day, end_size = durable_end if durable_end is not None else (None, 0)
-    if durable_end is not None and end_day is None:
+def _tail_lines(root: Path, device_id: int, tail: LogPoint | None, end: LogEnd) -> Iterator[tuple[LogPoint, bytes]]:
+    """Every complete line from `tail` (or the first file) up to the end on disk, last first."""
+    if end.day is None:
         return
-    if tail is not None and end_day == tail.day:
+    if tail is not None and end.day == tail.day:
         days = [tail.day]  # the store says nothing newer exists: no need to list the folder
     else:
-        days = [d for d in device_days(root, device_id) if tail is None or d >= tail.day]
+        days = [d for d in device_days(root, device_id) if (tail is None or d >= tail.day) and d <= end.day]
     for day in reversed(days):
-        if end_day is not None and day > end_day:
-            continue
         start = tail.offset if tail is not None and day == tail.day else 0
         try:
             with open(log_path(root, device_id, day), "rb") as handle:
                 handle.seek(start)
-                data = handle.read(max(0, end_size - start)) if day == end_day else handle.read()
+                data = handle.read(max(0, end.size - start)) if day == end.day else handle.read()
         except FileNotFoundError:
             continue
         yield from _newest_first_lines(day, start, data[: data.rfind(b"\n") + 1])
@@ -273,112 +333,76 @@ def _scan_push(topk: _TopK, point: LogPoint, body: dict[str, Any]) -> None:
             topk.offer(point, push_reading(entry, sensor_id, moment))
 
 
-# ---------------------------------------------------------------- raw events, newest first
+# ---------------------------------------------------------------- the side index in SQL
 
 
-@dataclass(frozen=True, slots=True)
-class RawLine:
-    """One line of a log file as it stands, with where it stands."""
-
-    file: str
-    line_no: int
-    raw: bytes
+_BLOCK_COLUMNS = "log_day, block_no, start_offset, end_offset, min_recorded_at, max_recorded_at"
+_NEWEST_MAX_FIRST = "ORDER BY max_recorded_at DESC, log_day DESC, block_no DESC"
 
 
-def newest_lines(
-    root: Path, device_id: int, day: str | None = None, durable_end: DurableEnd | None = None
-) -> Iterator[RawLine]:
-    """A device's complete log lines, newest first (only `day`'s file when given)."""
-    end_day, end_size = durable_end if durable_end is not None else (None, 0)
-    days = device_days(root, device_id)
-    for file_day in reversed(days if day is None else [d for d in days if d == day]):
-        if end_day is not None and file_day > end_day:
-            continue
-        path = log_path(root, device_id, file_day)
-        try:
-            yield from _reverse_file(path, end_size if file_day == end_day else None)
-        except FileNotFoundError:
-            continue  # deleted by retention meanwhile
+class SqlBlockIndex:
+    """The side index in the log_blocks table."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def starts(self, device_ids: Sequence[int], window: Window, size: int) -> dict[int, Start]:
+        """Per device, in one query: the tail and the first `size` + 1 blocks (see BlockIndex)."""
+        overlap, window_params = _overlaps(window)
+        parts, params = [], []
+        for n, device_id in enumerate(device_ids):
+            parts.append(
+                f"SELECT * FROM (SELECT 0 AS part, device_id, {_BLOCK_COLUMNS} FROM log_blocks WHERE device_id = %s"
+                f" ORDER BY log_day DESC, block_no DESC LIMIT 1) AS tail{n}"
+            )
+            parts.append(
+                f"SELECT * FROM (SELECT 1 AS part, device_id, {_BLOCK_COLUMNS} FROM log_blocks WHERE {overlap}"
+                f" {_NEWEST_MAX_FIRST} LIMIT %s) AS page{n}"
+            )
+            params += [device_id, device_id, *window_params, size + 1]
+        tails: dict[int, LogPoint] = {}
+        pages: dict[int, list[Block]] = {d: [] for d in device_ids}
+        for row in await self.db.fetchall(" UNION ALL ".join(parts), params) if parts else []:
+            if int(row[0]) == 0:
+                tails[int(row[1])] = LogPoint(str(row[2]), int(row[4]))
+            else:
+                pages[int(row[1])].append(_block(row[2:]))
+        return {d: (tails.get(d), pages[d]) for d in device_ids}
+
+    async def before(
+        self, device_id: int, window: Window, tail: LogPoint | None, after: Block | None, size: int
+    ) -> list[Block]:
+        """The next `size` blocks before `tail` after `after` (see BlockIndex; None: from the newest)."""
+        overlap, params = _overlaps(window)
+        sql = [f"SELECT {_BLOCK_COLUMNS} FROM log_blocks WHERE {overlap}"]
+        params.insert(0, device_id)
+        if tail is not None:
+            sql.append("AND (log_day < %s OR (log_day = %s AND start_offset < %s))")
+            params += [tail.day, tail.day, tail.offset]
+        if after is not None:
+            sql.append("AND (max_recorded_at < %s OR (max_recorded_at = %s")
+            sql.append("AND (log_day < %s OR (log_day = %s AND block_no < %s))))")
+            params += [after.max_recorded_at, after.max_recorded_at, after.day, after.day, after.block_no]
+        sql.append(f"{_NEWEST_MAX_FIRST} LIMIT %s")
+        params.append(size)
+        return [_block(r) for r in await self.db.fetchall(" ".join(sql), params)]
 
 
-def _reverse_file(path: Path, limit: int | None) -> Iterator[RawLine]:
-    """The complete lines of one file (up to byte `limit`), last first, numbered from the top."""
-    with open(path, "rb") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        stop = _last_newline(handle, size if limit is None else min(limit, size))
-        if stop < 0:
-            return
-        line_no = _count_newlines(handle, stop + 1)
-        pending, pos = b"", stop
-        while pos > 0:
-            step = min(REVERSE_CHUNK, pos)
-            pos -= step
-            handle.seek(pos)
-            parts = (handle.read(step) + pending).split(b"\n")
-            pending = parts[0]
-            for raw in reversed(parts[1:]):
-                yield RawLine(path.name, line_no, raw)
-                line_no -= 1
-        yield RawLine(path.name, line_no, pending)
+def _overlaps(window: Window) -> tuple[str, list[Any]]:
+    """Blocks with readings whose [min, max] reading time overlaps the window."""
+    sql, params = ["device_id = %s"], []
+    if window.start is not None:
+        sql.append("max_recorded_at >= %s")
+        params.append(window.start)
+    else:
+        sql.append("max_recorded_at IS NOT NULL")
+    if window.end is not None:
+        sql.append("min_recorded_at <= %s")
+        params.append(window.end)
+    return " AND ".join(sql), params
 
 
-def _last_newline(handle: IO[bytes], end: int) -> int:
-    """Offset of the last newline before `end`, or -1: an unfinished last line is left out."""
-    pos = end
-    while pos > 0:
-        step = min(REVERSE_CHUNK, pos)
-        handle.seek(pos - step)
-        cut = handle.read(step).rfind(b"\n")
-        if cut >= 0:
-            return pos - step + cut
-        pos -= step
-    return -1
-
-
-def _count_newlines(handle: IO[bytes], end: int) -> int:
-    handle.seek(0)
-    count, left = 0, end
-    while left > 0 and (chunk := handle.read(min(1 << 20, left))):
-        count += chunk.count(b"\n")
-        left -= len(chunk)
-    return count
-
-
-def device_events(
-    root: Path,
-    device_id: int,
-    skip: int,
-    take: int,
-    day: str | None = None,
-    type_: str | None = None,
-    durable_end: DurableEnd | None = None,
-) -> tuple[list[dict[str, Any]], bool]:
-    """A page of a device's events as logged, newest first: (items, whether more follow).
-
-    Each item is the line's JSON object plus `file` and `line`; a line that is not a
-    JSON object is given as `raw` text with an `error`.
-    """
-    items: list[dict[str, Any]] = []
-    for line in newest_lines(root, device_id, day, durable_end):
-        doc = _line_object(line) if type_ is not None or skip <= 0 else None
-        if type_ is not None and (doc is None or doc.get("type") != type_):
-            continue
-        if skip > 0:
-            skip -= 1
-            continue
-        if len(items) == take:
-            return items, True
-        items.append(doc if doc is not None else _line_object(line))
-    return items, False
-
-
-def _line_object(line: RawLine) -> dict[str, Any]:
-    try:
-        doc = orjson.loads(line.raw)
-    except orjson.JSONDecodeError as exc:
-        return {"file": line.file, "line": line.line_no, "raw": line.raw.decode("utf-8", "replace"), "error": str(exc)}
-    if not isinstance(doc, dict):
-        return {"file": line.file, "line": line.line_no, "raw": line.raw.decode("utf-8", "replace"),
-                "error": "not a JSON object"}  # fmt: skip
-    doc["file"], doc["line"] = line.file, line.line_no
-    return doc
+def _block(row: Row) -> Block:
+    low, high = platform_time(row[4]), platform_time(row[5])
+    assert low is not None and high is not None  # the queries only return blocks with readings
+    return Block(str(row[0]), int(row[1]), int(row[2]), int(row[3]), low, high)

@@ -9,7 +9,6 @@ leniently, cut to the same limits.
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any, NamedTuple
@@ -360,38 +359,25 @@ def _cut(value: Any, limit: int) -> str | None:
     return None if value is None else str(value)[:limit]
 
 
-# Readings of recently parsed events by event id: the webhook parses a push to check it,
-# and the projector needs the same readings a moment later.
 class Parsed(NamedTuple):
-    """What is known of an event's body: its readings, and for a push its digest and `time`."""
+    """What is known of an event's body: its readings, and for a push its digest and `time`.
+
+    The webhook works this out when it checks a push and hands it to the projector with the
+    event (projections.projector.Staged), so the body is not read twice; events read back
+    from the log are read with `read_event`.
+    """
 
     readings: list[Reading]
     digest: str | None = None  # eventlog.events.body_digest of the body, if already computed
     sent: datetime | None = None  # a push body's `time`
 
 
-_recent: OrderedDict[str, Parsed] = OrderedDict()
-_RECENT_MAX = 4096
-
-
-def remember_readings(
-    event_id: str, readings: list[Reading], digest: str | None = None, sent: datetime | None = None
-) -> None:
-    """Keep what the webhook (or the sync) worked out about an event's body for `parsed_of`."""
-    _recent[event_id] = Parsed(readings, digest, sent)
-    if len(_recent) > _RECENT_MAX:
-        _recent.popitem(last=False)
-
-
-def parsed_of(event: Event) -> Parsed:
-    """What is known of an event's body: remembered if the event is recent, else read from it now."""
-    known = _recent.pop(event.id, None)
-    if known is not None:
-        return known
+def read_event(event: Event) -> Parsed:
+    """What an event's body says (a push logged before a limit was added is read as it was accepted then)."""
     if event.type == PUSH:
         try:
             parsed = parse_push(event.body)
-        except InvalidBody:  # logged before a limit was added: read it as it was accepted then
+        except InvalidBody:
             parsed = read_logged_push(event.body)
         return Parsed(parsed.readings, None, parsed.sent)
     if event.type == SYNC:
@@ -401,4 +387,4 @@ def parsed_of(event: Event) -> Parsed:
 
 def readings_of(event: Event) -> list[Reading]:
     """The readings an event carries (none for event types without readings)."""
-    return parsed_of(event).readings
+    return read_event(event).readings

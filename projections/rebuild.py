@@ -13,10 +13,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eventlog.store import LogStore
+from eventlog.files import LogFiles
 from projections.changes import Changes
 from projections.db import Database
-from projections.projector import DeviceStop, Projector
+from projections.log_lines import DeviceStop
+from projections.projector import Projector
 from projections.recorder import Position
 from projections.schema import READ_MODEL_TABLES, apply_schema, renamed_statements
 from projections.sql_recorder import SqlRecorder, Statements, read_model_rows
@@ -56,27 +57,10 @@ class ReadModelRecorder(SqlRecorder):
         return dict(self._applied)
 
 
-class _Ends:
-    """The devices and the ends of their logs as the files show them, read again on `refresh`."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.refresh()
-
-    def refresh(self) -> None:
-        self._store = LogStore(self.root)  # never opened: only its reading of the files' ends
-
-    def durable_end(self, device_id: int) -> tuple[str | None, int]:
-        return self._store.durable_end(device_id)
-
-    def devices(self) -> list[int]:
-        return self._store.devices()
-
-
 async def _drain(projector: Projector) -> int:
     """Apply everything the log holds past what the projector applied; returns the number of events."""
     before = projector.stats.applied_events
-    await projector.catch_up()
+    await projector.apply_log()
     return projector.stats.applied_events - before
 
 
@@ -121,20 +105,17 @@ async def rebuild(db: Database, root: Path, progress: Progress | None = None) ->
     async with db.transaction() as cur:
         for statement in renamed_statements(db.kind, READ_MODEL_TABLES, NEW):
             await cur.execute(statement)
-    ends = _Ends(root)
     recorder = ReadModelRecorder(db, NEW)
 
     def observe(events: int, seconds: float) -> None:
         if progress is not None:
             progress(projector.stats.applied_events)
 
-    projector = Projector(recorder, root, ends.durable_end, ends.devices, batch_limit=5000, on_batch=observe)
+    projector = Projector(recorder, root, LogFiles(root), batch_limit=5000, on_batch=observe)
     report.first_pass = await _drain(projector)
-    ends.refresh()  # lines arrived meanwhile
     report.catch_up = await _drain(projector)
     await _switch(db)
     recorder.statements = Statements(db.kind)
-    ends.refresh()
     report.after_switch = await _drain(projector)
     await _drop(db, OLD)
     if db.kind == "sqlite":

@@ -17,11 +17,13 @@ from typing import Any
 import orjson
 
 from eventlog.events import EventLogError
+from eventlog.files import LogFiles
 from eventlog.recovery import Repair, repair_all
-from eventlog.store import LogStore, lock_root
+from eventlog.store import lock_root
 from eventlog.verify import RecordedFile
 from projections.db import Database, connect
-from projections.projector import DeviceStop, Projector
+from projections.log_lines import DeviceStop
+from projections.projector import Projector
 from projections.schema import SCHEMA_VERSION, apply_schema, stored_version
 from projections.sql_recorder import SqlRecorder
 
@@ -78,18 +80,26 @@ async def _apply(db: Database, root: Path, progress: Counter | None, url: str | 
 
 async def apply_log_share(db: Database, root: Path, share: int, shares: int, on_batch: Counter) -> ReplayReport:
     """Apply the logs of the devices whose id modulo `shares` is `share`; `on_batch(events)` after each batch."""
-    store = LogStore(root)
-
-    def devices() -> list[int]:
-        return [d for d in store.devices() if d % shares == share]
-
     def observe(events: int, seconds: float) -> None:
         on_batch(events)
 
-    projector = Projector(SqlRecorder(db), root, store.durable_end, devices, batch_limit=5000, on_batch=observe)
-    await projector.catch_up()
+    share_files = _ShareOfFiles(root, share, shares)
+    projector = Projector(SqlRecorder(db), root, share_files, batch_limit=5000, on_batch=observe)
+    await projector.apply_log()
     stopped = sorted(projector.stopped.values(), key=lambda stop: stop.device_id)
     return ReplayReport(projector.stats.applied_events, stopped)
+
+
+class _ShareOfFiles(LogFiles):
+    """The log files of the devices whose id modulo `shares` is `share`."""
+
+    def __init__(self, root: Path, share: int, shares: int) -> None:
+        super().__init__(root)
+        self.share, self.shares = share, shares
+
+    def devices(self) -> list[int]:
+        """This share's devices."""
+        return [d for d in super().devices() if d % self.shares == self.share]
 
 
 def _apply_in_processes(url: str, root: Path, workers: int, progress: Counter | None) -> ReplayReport:

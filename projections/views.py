@@ -1,4 +1,4 @@
-"""The read side's SQL: users, devices and sensors from the read models, blocks from the side index.
+"""The read side's SQL: users, devices and sensors from the read models (history: projections.history).
 
 Plain queries, one function each, returning frozen rows with values normalized across
 backends (SQLite gives datetimes as text, MySQL as datetime objects).
@@ -12,7 +12,6 @@ from datetime import datetime
 from typing import Any
 
 from projections.db import Database, Row, placeholders
-from projections.history import Block, LogPoint, Window
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,75 +152,3 @@ async def sensors_of(db: Database, device_ids: Sequence[int]) -> dict[int, list[
         )
         result[sensor.device_id].append(sensor)
     return result
-
-
-_BLOCK_COLUMNS = "log_day, block_no, start_offset, end_offset, min_recorded_at, max_recorded_at"
-_NEWEST_MAX_FIRST = "ORDER BY max_recorded_at DESC, log_day DESC, block_no DESC"
-
-
-def _overlaps(window: Window) -> tuple[str, list[Any]]:
-    """Blocks with readings whose [min, max] reading time overlaps the window."""
-    sql, params = ["device_id = %s"], []
-    if window.start is not None:
-        sql.append("max_recorded_at >= %s")
-        params.append(window.start)
-    else:
-        sql.append("max_recorded_at IS NOT NULL")
-    if window.end is not None:
-        sql.append("min_recorded_at <= %s")
-        params.append(window.end)
-    return " AND ".join(sql), params
-
-
-async def history_starts(
-    db: Database, device_ids: Sequence[int], window: Window, size: int
-) -> dict[int, tuple[LogPoint | None, list[Block]]]:
-    """Per device, in one query: where the newest indexed block begins (from there on the
-    log is read from the files) and the first `size` blocks that overlap the window, in
-    descending (max reading time, day, block) order; the newest block may be among them."""
-    overlap, window_params = _overlaps(window)
-    parts, params = [], []
-    for n, device_id in enumerate(device_ids):
-        parts.append(
-            f"SELECT * FROM (SELECT 0 AS part, device_id, {_BLOCK_COLUMNS} FROM log_blocks WHERE device_id = %s"
-            f" ORDER BY log_day DESC, block_no DESC LIMIT 1) AS tail{n}"
-        )
-        parts.append(
-            f"SELECT * FROM (SELECT 1 AS part, device_id, {_BLOCK_COLUMNS} FROM log_blocks WHERE {overlap}"
-            f" {_NEWEST_MAX_FIRST} LIMIT %s) AS page{n}"
-        )
-        params += [device_id, device_id, *window_params, size + 1]
-    tails: dict[int, LogPoint] = {}
-    pages: dict[int, list[Block]] = {d: [] for d in device_ids}
-    for row in await db.fetchall(" UNION ALL ".join(parts), params) if parts else []:
-        if int(row[0]) == 0:
-            tails[int(row[1])] = LogPoint(str(row[2]), int(row[4]))
-        else:
-            pages[int(row[1])].append(_block(row[2:]))
-    return {d: (tails.get(d), pages[d]) for d in device_ids}
-
-
-async def blocks_before(
-    db: Database, device_id: int, window: Window, tail: LogPoint | None, after: Block | None, limit: int
-) -> list[Block]:
-    """Indexed blocks that overlap `window` and lie before `tail`, next after `after` in
-    descending (max reading time, day, block) order; at most `limit`."""
-    overlap, params = _overlaps(window)
-    sql = [f"SELECT {_BLOCK_COLUMNS} FROM log_blocks WHERE {overlap}"]
-    params.insert(0, device_id)
-    if tail is not None:
-        sql.append("AND (log_day < %s OR (log_day = %s AND start_offset < %s))")
-        params += [tail.day, tail.day, tail.offset]
-    if after is not None:
-        sql.append("AND (max_recorded_at < %s OR (max_recorded_at = %s")
-        sql.append("AND (log_day < %s OR (log_day = %s AND block_no < %s))))")
-        params += [after.max_recorded_at, after.max_recorded_at, after.day, after.day, after.block_no]
-    sql.append(f"{_NEWEST_MAX_FIRST} LIMIT %s")
-    params.append(limit)
-    return [_block(r) for r in await db.fetchall(" ".join(sql), params)]
-
-
-def _block(row: Row) -> Block:
-    low, high = platform_time(row[4]), platform_time(row[5])
-    assert low is not None and high is not None  # the queries only return blocks with readings
-    return Block(str(row[0]), int(row[1]), int(row[2]), int(row[3]), low, high)

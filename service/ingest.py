@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from eventlog.events import PUSH, SYNC, body_digest
+from eventlog.events import PUSH, SYNC, Event, body_digest
 from eventlog.store import Appended, LogStore
 from projections.db import DatabaseError
-from projections.projector import Projector
-from projections.readings import InvalidBody, Reading, parse_id, parse_push, remember_readings
+from projections.projector import Projector, Staged
+from projections.readings import InvalidBody, Parsed, Reading, parse_id, parse_push
 from projections.recorder import Recorder
 
 log = logging.getLogger("tlink.ingest")
@@ -204,9 +204,9 @@ class Ingestor:
                 return PushResult(stored, 0, True, True)
             new_sensors = await self.sensors.admit(parsed.device_id, {r.sensor_id for r in parsed.readings})
             event = self.store.new_event(PUSH, parsed.device_id, parsed.user_id, body)
-            remember_readings(event.id, parsed.readings, key[1], parsed.sent)
             try:
-                appended = await self.store.append(event)
+                known = Parsed(parsed.readings, key[1], parsed.sent)
+                appended, projection = await append_and_project(self.store, self.projector, event, known)
             except BaseException:
                 self.sensors.withdraw(parsed.device_id, new_sensors)
                 raise
@@ -216,8 +216,7 @@ class Ingestor:
             if not future.done():
                 future.set_result(None)
             del self._inflight[key]
-        projected = await self.projector.project(appended)
-        return PushResult(appended.event.id, len(parsed.readings), False, projected)
+        return PushResult(appended.event.id, len(parsed.readings), False, await projection)
 
     async def sync_device(
         self, user_id: int, device: dict[str, Any], readings: list[Reading] | None = None
@@ -232,8 +231,21 @@ class Ingestor:
     ) -> Appended:
         """Store an event of another type (for example a failed sync) and project it."""
         event = self.store.new_event(type_, device_id, user_id, body)
-        if readings is not None:
-            remember_readings(event.id, readings)  # the projector takes them instead of reading the body again
-        appended = await self.store.append(event)
-        await self.projector.project(appended)
+        known = None if readings is None else Parsed(readings)
+        appended, projection = await append_and_project(self.store, self.projector, event, known)
+        await projection
         return appended
+
+async def append_and_project(
+    store: LogStore, projector: Projector, event: Event, parsed: Parsed | None = None
+) -> tuple[Appended, asyncio.Future[bool]]:
+    """Append an event durably, its projection started as soon as its line has its place in the log
+    (so the database's work overlaps the fsync); (where it landed, whether it was projected).
+
+    The one path of every event into the log and the read models (`parsed`: what the
+    caller already read from the body, None: the projector reads it).
+    """
+    queued = store.queue(event)
+    placed = await queued.placed
+    projection = projector.submit(Staged(placed, parsed, queued.durable))
+    return await queued.durable, projection

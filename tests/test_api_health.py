@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 from service.config import load_settings
 from service.http.app import create_app
-from service.http.health import projection_check, reasons
-from service.http.keys import PROJECTOR
+from service.http.keys import SERVICES
+from service.http.readiness import projection_check, reasons
 from service.http.schemas import Check
 from tests.test_api_openapi import api_get
 
@@ -26,7 +26,7 @@ async def test_health_and_ready_when_all_is_well(app_client):
 
 async def test_not_ready_when_the_projector_stopped(app_client):
     client = await app_client()
-    client.server.app[PROJECTOR].failed = RuntimeError("bad row")
+    client.server.app[SERVICES].projector.failed = RuntimeError("bad row")
     body = await api_get(client, "/api/ready", status=503)
     assert body["status"] == "not ready" and body["reasons"] == ["projector stopped: bad row"]
     assert (await client.get("/api/health")).status == 200

@@ -15,6 +15,7 @@ from openapi_schema_validator import OAS31Validator
 
 from service.config import load_settings
 from service.http.openapi import build_document
+from service.http.routes import OPERATIONS
 from tests.conftest import fixture_bytes
 
 SAMPLE = fixture_bytes("sample_push.json")
@@ -23,7 +24,7 @@ SAMPLE = fixture_bytes("sample_push.json")
 @cache
 def document() -> dict[str, Any]:
     """The document of a default deployment (answer schemas do not depend on settings)."""
-    return build_document(load_settings(API_KEYS=[]))
+    return build_document(load_settings(API_KEYS=[]), OPERATIONS)
 
 
 def _template(method: str, path: str) -> str:

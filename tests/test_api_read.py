@@ -13,9 +13,8 @@ import orjson
 import pytest
 
 from eventlog.files import device_days, log_path
-from projections import views
-from projections.history import Window
-from service.http.keys import DATABASE, INGESTOR
+from projections.history import SqlBlockIndex, Window
+from service.http.keys import SERVICES
 from tests.conftest import fixture_bytes
 from tests.test_api_openapi import api_get
 
@@ -51,7 +50,7 @@ async def sync_device(client, device_id: int, sensors: dict[int, str | None], us
             for i, (s, at) in enumerate(sensors.items())
         ],
     }  # fmt: skip
-    await client.server.app[INGESTOR].sync_device(user_id, device)
+    await client.server.app[SERVICES].ingestor.sync_device(user_id, device)
 
 
 def values(sensor: dict) -> list[tuple[str, str]]:
@@ -155,7 +154,7 @@ async def test_history_comes_from_the_log_files_not_the_readings_table(app_clien
     client = await app_client()
     for n in range(3):
         await push(client, push_body(f"2026-05-01 10:0{n}:00", {1: f"v{n}"}))
-    async with client.server.app[DATABASE].transaction() as cur:
+    async with client.server.app[SERVICES].db.transaction() as cur:
         await cur.execute("DELETE FROM sensor_readings")
     body = await api_get(client, f"/api/users/{USER}/devices/{DEVICE}/history")
     assert [v for _, v in values(body["sensors"][0])] == ["v2", "v1", "v0"]
@@ -275,10 +274,10 @@ async def test_history_walks_many_blocks_in_order(app_client):
     found = {s["sensorId"]: [r["value"] for r in s["history"]] for s in body["sensors"]}
     assert found[1] == [f"v{n}" for n in range(120, 59, -1)] and found[2] == ["s97"] and found[3] == []
     # The index pages the same blocks one at a time as all at once, ties on max reading time included.
-    db = client.server.app[DATABASE]
-    everything = await views.blocks_before(db, DEVICE, Window(), None, None, 1000)
+    index = SqlBlockIndex(client.server.app[SERVICES].db)
+    everything = await index.before(DEVICE, Window(), None, None, 1000)
     paged, after = [], None
-    while page := await views.blocks_before(db, DEVICE, Window(), None, after, 1):
+    while page := await index.before(DEVICE, Window(), None, after, 1):
         paged += page
         after = page[-1]
     assert paged == everything and len(everything) >= 12

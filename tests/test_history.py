@@ -15,13 +15,15 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from eventlog.backward import device_events, newest_lines
 from eventlog.events import PUSH, SYNC, SYNC_FAILED, decode_line
 from eventlog.files import device_days, log_path, read_lines
 from eventlog.store import LogStore
-from projections.history import FIRST_PAGE, Block, LogPoint, Window, device_events, newest_lines, read_history
+from projections.history import FIRST_PAGE, Block, LogPoint, Window, histories
 from projections.projector import Projector
 from projections.readings import readings_of
 from projections.recorder import MemoryRecorder
+from projections.views import SensorView
 
 DEVICE, USER = 2864, 385
 T0 = datetime(2026, 5, 1, 22, 0, tzinfo=UTC)  # received; platform time is 8 hours ahead
@@ -80,38 +82,18 @@ class Log:
 
     async def index(self) -> None:
         """Project everything logged so far (log_blocks/log_files and the read models)."""
-        projector = Projector(self.recorder, self.root, self.store.durable_end, self.store.devices)
-        await projector.catch_up()
+        projector = Projector(self.recorder, self.root, self.store)
+        await projector.apply_log()
 
     def sensors(self) -> dict[int, datetime | None]:
         """Sensor id -> newest reading time, as the sensors read model has it."""
         return {s: row.reading.recorded_at for (d, s), row in self.recorder.sensor_latest.items() if d == DEVICE}
 
     async def history(self, window: Window = ALL_TIMES, limit: int = 50, sensors: dict | None = None) -> dict:
-        blocks = sorted(
-            (b for (d, _, _), b in self.recorder.blocks.items() if d == DEVICE),
-            key=lambda b: (b.day, b.block_no),
-        )
-        tail = LogPoint(blocks[-1].day, blocks[-1].start_offset) if blocks else None
-        candidates = [
-            Block(b.day, b.block_no, b.start_offset, b.end_offset, b.min_recorded_at, b.max_recorded_at)
-            for b in blocks
-            if b.max_recorded_at is not None
-            and (window.start is None or b.max_recorded_at >= window.start)
-            and (window.end is None or b.min_recorded_at <= window.end)
-        ]
-        candidates.sort(key=lambda b: (b.max_recorded_at, b.day, b.block_no), reverse=True)
-
-        async def fetch(after: Block | None, size: int) -> list[Block]:
-            start = 0 if after is None else candidates.index(after) + 1
-            page = candidates[start : start + size]
-            self.fetched += len(page)
-            return page
-
         wanted = self.sensors() if sensors is None else sensors
-        found = await read_history(
-            self.root, DEVICE, wanted, window, limit, tail, fetch, self.store.durable_end(DEVICE)
-        )
+        views = [SensorView(s, DEVICE, None, None, None, None, None, at, None, None, None) for s, at in wanted.items()]
+        found = await histories(MemoryBlockIndex(self), self.root, self.store, {DEVICE: views}, window, limit)
+        found = found.get(DEVICE, {s: [] for s in wanted})
         return {s: [(r.recorded_at, r.value, r.raw_value, r.sensor_timestamp) for r in rs] for s, rs in found.items()}
 
     def brute(self, window: Window = ALL_TIMES, limit: int = 50, sensors: dict | None = None) -> dict:
@@ -129,6 +111,43 @@ class Log:
             mine = sorted((r for (s, _), r in seen.items() if s == sensor), key=lambda r: r.recorded_at, reverse=True)
             result[sensor] = [(r.recorded_at, r.value, r.raw_value, r.sensor_timestamp) for r in mine[:limit]]
         return result
+
+
+class MemoryBlockIndex:
+    """The side index as the in-memory recorder holds it, counting the blocks it hands out."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+
+    def _candidates(self, window: Window) -> list[Block]:
+        blocks = [b for (d, _, _), b in self.log.recorder.blocks.items() if d == DEVICE]
+        found = [
+            Block(b.day, b.block_no, b.start_offset, b.end_offset, b.min_recorded_at, b.max_recorded_at)
+            for b in blocks
+            if b.max_recorded_at is not None
+            and (window.start is None or b.max_recorded_at >= window.start)
+            and (window.end is None or b.min_recorded_at <= window.end)
+        ]
+        return sorted(found, key=lambda b: (b.max_recorded_at, b.day, b.block_no), reverse=True)
+
+    async def starts(self, device_ids: list[int], window: Window, size: int) -> dict:
+        blocks = sorted((b for (d, _, _), b in self.log.recorder.blocks.items() if d == DEVICE),
+                        key=lambda b: (b.day, b.block_no))  # fmt: skip
+        tail = LogPoint(blocks[-1].day, blocks[-1].start_offset) if blocks else None
+        page = self._candidates(window)[: size + 1]
+        self.log.fetched += len(page)
+        return {d: (tail, page) for d in device_ids}
+
+    async def before(self, device_id: int, window: Window, tail, after: Block | None, size: int) -> list[Block]:
+        candidates = [
+            b for b in self._candidates(window) if tail is None or (b.day, b.start_offset) < (tail.day, tail.offset)
+        ]
+        if after is not None:  # strictly after it in (max reading time, day, block) descending order
+            bound = (after.max_recorded_at, after.day, after.block_no)
+            candidates = [b for b in candidates if (b.max_recorded_at, b.day, b.block_no) < bound]
+        page = candidates[:size]
+        self.log.fetched += len(page)
+        return page
 
 
 def platform(moment: datetime) -> datetime:

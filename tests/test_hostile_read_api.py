@@ -30,7 +30,7 @@ from projections.readings import MAX_ID
 from service.config import SettingsError, load_settings
 from service.http import query
 from service.http.app import create_app
-from service.http.keys import PROJECTOR
+from service.http.keys import SERVICES
 from tests.conftest import fixture_bytes
 from tests.test_api_openapi import api_get, document
 
@@ -231,7 +231,7 @@ async def test_ready_never_shows_the_database_message_but_logs_it(aiohttp_client
 
 async def test_ready_details_only_for_a_request_with_a_key(app_client, log_root):
     client = await client_with_a_device(app_client, API_KEYS=["k1"])
-    projector = client.server.app[PROJECTOR]
+    projector = client.server.app[SERVICES].projector
     projector.failed = RuntimeError("(1054, \"Unknown column 'secret_column' in 'field list'\")")
     anonymous = await api_get(client, "/api/ready", status=503)
     keyed = await api_get(client, "/api/ready", status=503, headers={"Authorization": "Bearer k1"})
@@ -249,7 +249,7 @@ async def test_a_stopped_device_s_reason_is_generic_without_a_key(app_client, lo
     client = await app_client(API_KEYS=["k1"])
     key = {"Authorization": "Bearer k1"}
     for _ in range(200):
-        if client.server.app[PROJECTOR].stopped:
+        if client.server.app[SERVICES].projector.stopped:
             break
         await asyncio.sleep(0.02)
     [anonymous] = (await api_get(client, "/api/ready"))["checks"]["projection"]["stoppedDevices"]
@@ -347,7 +347,7 @@ async def test_start_up_with_an_unreachable_database_logs_an_error(aiohttp_clien
     settings = load_settings(DATABASE_URL=UNREACHABLE, SYNC_LOG_DIR=log_root, USE_HTTPS=False, API_KEYS=[])
     with caplog.at_level(logging.INFO, logger="tlink.projector"):
         client = await aiohttp_client(create_app(settings))
-        client.server.app[PROJECTOR].retry_seconds = 0.05
+        client.server.app[SERVICES].projector.retry_seconds = 0.05
         await asyncio.sleep(0.3)  # a few retries: still one line
     errors = [r for r in caplog.records if r.name == "tlink.projector" and r.levelno >= logging.ERROR]
     assert len(errors) == 1, [r.getMessage() for r in errors]
@@ -375,7 +375,7 @@ async def test_the_database_down_at_start_lost_and_regained_is_logged(aiohttp_cl
     settings = load_settings(DATABASE_URL=mariadb.url, SYNC_LOG_DIR=tmp_path / "logs", USE_HTTPS=False, API_KEYS=[])
     caplog.set_level(logging.INFO, logger="tlink.projector")
     client = await aiohttp_client(create_app(settings))
-    projector = client.server.app[PROJECTOR]
+    projector = client.server.app[SERVICES].projector
     projector.retry_seconds = 0.1
     [(level, message)] = projector_lines(caplog)
     assert level == logging.ERROR and "database cannot be reached at start-up" in message

@@ -21,10 +21,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from service.http.app import create_app
-from service.http.metrics import METRICS
-from service.http.server import server_options, use_json_error_server
-from service.http.webhook import BODY_BUDGET
+from service.http.app import create_app, use_json_error_server
+from service.http.connections import server_options
+from service.http.keys import BODY_BUDGET, METRICS
 from tests.conftest import MakeSettings, fixture_bytes
 
 SAMPLE = fixture_bytes("sample_push.json")

@@ -24,7 +24,7 @@ from eventlog.events import PUSH, ZERO_HASH, decode_line, line_hash
 from eventlog.files import device_days, log_path
 from eventlog.store import Appended, LogStore, LogUnavailable
 from eventlog.verify import verify
-from service.http.keys import DATABASE, INGESTOR, PROJECTOR, STORE
+from service.http.keys import SERVICES
 from tests.conftest import Clock, fixture_bytes
 
 DAY = "2026-03-01"
@@ -155,14 +155,11 @@ async def test_other_devices_of_the_same_flush_are_acknowledged(store, log_root)
 async def test_the_staged_lines_of_a_refused_device_are_never_declared_durable(store, log_root):
     await append(store, 5, 1)
     await append(store, 6, 1)
-    heard: list[tuple[list[Appended], asyncio.Future[None]]] = []
-    store.on_staged = lambda appended, durable: heard.append((appended, durable))
     sed("s/1/9/", log_path(log_root, 5, DAY))
-    results = await asyncio.gather(append(store, 5, 2), append(store, 6, 2), return_exceptions=True)
-    [(staged, durable)] = heard
-    assert {a.event.device_id for a in staged} == {5, 6}
-    assert isinstance(durable.exception(), LogUnavailable)  # the projector rolls the whole batch back
-    assert isinstance(results[0], LogUnavailable) and isinstance(results[1], Appended)
+    queued = [store.queue(store.new_event(PUSH, device_id, 385, {"n": 2})) for device_id in (5, 6)]
+    results = await asyncio.gather(*(q.durable for q in queued), return_exceptions=True)
+    assert all(q.placed.done() and q.placed.exception() is None for q in queued)  # both lines got their place
+    assert isinstance(results[0], LogUnavailable) and isinstance(results[1], Appended)  # only 6's is durable
     assert store.durable_end(6) == (DAY, log_path(log_root, 6, DAY).stat().st_size)
 
 
@@ -287,7 +284,7 @@ async def latest_value(client, device_id: int = 2864) -> str | None:
 
 
 async def events_in_db(client, device_id: int = 2864) -> list[str]:
-    rows = await client.app[DATABASE].fetchall("SELECT event_id FROM events WHERE device_id = %s", (device_id,))
+    rows = await client.app[SERVICES].db.fetchall("SELECT event_id FROM events WHERE device_id = %s", (device_id,))
     return sorted(str(row[0]) for row in rows)
 
 
@@ -358,7 +355,8 @@ async def test_http_a_refused_device_in_a_shared_flush_leaves_the_others_acknowl
     client = await app_client()
     for device_id in (2864, 2865):
         assert (await post(client, upload(1, device_id)))[0] == 200
-    store, ingestor, projector = client.app[STORE], client.app[INGESTOR], client.app[PROJECTOR]
+    services = client.app[SERVICES]
+    store, ingestor, projector = services.store, services.ingestor, services.projector
     flushes: list[int] = []
     flush = store._flush
 

@@ -16,8 +16,7 @@ from eventlog.files import log_path
 from eventlog.store import LogUnavailable
 from projections.db import DatabaseUnavailable
 from service.http.app import create_app
-from service.http.keys import INGESTOR, PROJECTOR, RECORDER, STORE
-from service.jobs.scheduler import RETENTION_STATS, SYNC_STATS
+from service.http.keys import RETENTION_STATS, SERVICES, SYNC_STATS
 from service.jobs.sync import SyncReport, UserReport
 from tests.conftest import fixture_bytes
 
@@ -122,7 +121,7 @@ async def test_a_push_counts_ok_readings_and_log_writes(app_client):
     assert after("tlink_webhook_duration_seconds_count") == before("tlink_webhook_duration_seconds_count") + 1
     assert after("tlink_webhook_readings_stored_total") == 3
     assert after("tlink_log_appended_lines_total") == 1
-    [line_file] = (client.server.app[STORE].root / "2864").iterdir()
+    [line_file] = (client.server.app[SERVICES].store.root / "2864").iterdir()
     assert after("tlink_log_appended_bytes_total") == line_file.stat().st_size
     assert after("tlink_log_fsync_duration_seconds_count") == 1
     assert after("tlink_log_fsync_duration_seconds_sum") > 0
@@ -168,10 +167,10 @@ async def test_a_wrong_token_counts_as_unauthorized_and_is_not_dead_lettered(app
 async def test_an_unwritable_log_counts_as_unavailable(app_client, monkeypatch):
     client = await app_client()
 
-    async def refuse(event):
+    def refuse(event):
         raise LogUnavailable("disk full")
 
-    monkeypatch.setattr(client.server.app[STORE], "append", refuse)
+    monkeypatch.setattr(client.server.app[SERVICES].store, "queue", refuse)
     assert (await client.post(WEBHOOK, data=SAMPLE)).status == 503
     assert outcome(await scrape(client), "unavailable") == 1
 
@@ -182,7 +181,7 @@ async def test_an_unexpected_failure_counts_as_error(app_client, monkeypatch):
     async def crash(body):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(client.server.app[INGESTOR], "push", crash)
+    monkeypatch.setattr(client.server.app[SERVICES].ingestor, "push", crash)
     assert (await client.post(WEBHOOK, data=SAMPLE)).status == 500
     assert outcome(await scrape(client), "error") == 1
 
@@ -227,20 +226,20 @@ async def wait_for(client, predicate, timeout: float = 5.0) -> Scrape:
 async def test_projection_lag_shows_while_the_database_is_down(app_client, monkeypatch):
     client = await app_client()
     app = client.server.app
-    app[PROJECTOR].retry_seconds = 0.05
-    real_record = app[RECORDER].record
+    app[SERVICES].projector.retry_seconds = 0.05
+    real_record = app[SERVICES].recorder.record
 
     async def down(changes, before_commit=None):
         raise DatabaseUnavailable("database is down")
 
-    monkeypatch.setattr(app[RECORDER], "record", down)
+    monkeypatch.setattr(app[SERVICES].recorder, "record", down)
     answer = await (await client.post(WEBHOOK, data=SAMPLE)).json()
     assert answer["projected"] is False
     scraped = await wait_for(client, lambda s: s("tlink_projection_database_available") == 0)
     assert scraped("tlink_projection_devices_behind") == 1
     assert scraped("tlink_projection_database_available") == 0
     assert scraped("tlink_projection_applied_events_total") == 0
-    monkeypatch.setattr(app[RECORDER], "record", real_record)
+    monkeypatch.setattr(app[SERVICES].recorder, "record", real_record)
     scraped = await wait_for(client, lambda s: s("tlink_projection_devices_behind") == 0)
     assert scraped("tlink_projection_devices_behind") == 0
     assert scraped("tlink_projection_applied_events_total") == 1
@@ -265,7 +264,7 @@ async def test_a_device_whose_event_cannot_be_applied_is_counted_and_flagged(app
     async def broken(changes, before_commit=None):
         raise RuntimeError("bad data")
 
-    monkeypatch.setattr(app[RECORDER], "record", broken)
+    monkeypatch.setattr(app[SERVICES].recorder, "record", broken)
     await client.post(WEBHOOK, data=SAMPLE)
     scraped = await wait_for(client, lambda s: s("tlink_projection_stopped_devices") == 1)
     assert scraped("tlink_projection_failures_total") == 1

@@ -12,7 +12,7 @@ from eventlog.files import device_days, log_path
 from ops.private_mariadb import available
 from service.config import load_settings
 from service.http.app import create_app
-from service.http.keys import PROJECTOR
+from service.http.keys import SERVICES
 from tests.conftest import fixture_bytes
 
 pytestmark = [pytest.mark.mysql, pytest.mark.slow, pytest.mark.skipif(not available(), reason="no mariadbd")]
@@ -39,7 +39,7 @@ async def wait_for(predicate, seconds: float = 20.0) -> None:
 async def test_outage_then_recovery(aiohttp_client, mariadb, tmp_path):
     settings = load_settings(DATABASE_URL=mariadb.url, SYNC_LOG_DIR=tmp_path / "logs", USE_HTTPS=False)
     client = await aiohttp_client(create_app(settings))
-    projector = client.app[PROJECTOR]
+    projector = client.app[SERVICES].projector
     projector.retry_seconds = 0.2
 
     resp = await client.post("/api/webhooks/tlink", data=upload(0))
@@ -72,7 +72,7 @@ async def test_start_with_the_database_down(aiohttp_client, mariadb, tmp_path):
     mariadb.kill()
     settings = load_settings(DATABASE_URL=mariadb.url, SYNC_LOG_DIR=tmp_path / "logs", USE_HTTPS=False)
     client = await aiohttp_client(create_app(settings))
-    projector = client.app[PROJECTOR]
+    projector = client.app[SERVICES].projector
     projector.retry_seconds = 0.2
     for i in range(5):
         resp = await client.post("/api/webhooks/tlink", data=upload(i))

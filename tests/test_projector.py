@@ -11,6 +11,7 @@ from eventlog.events import PUSH
 from eventlog.store import LogStore
 from projections.projector import Projector
 from projections.recorder import MemoryRecorder
+from service.ingest import append_and_project
 
 
 def push_body(device_id: int, sensor_values: dict[int, str], time: str, times: str | None = None) -> dict:
@@ -35,19 +36,17 @@ class Harness:
 
     async def start(self):
         await self.store.open()
-        self.projector = Projector(
-            self.recorder, self.root, self.store.durable_end, self.store.devices, retry_seconds=0.05
-        )
+        self.projector = Projector(self.recorder, self.root, self.store, retry_seconds=0.05)
         await self.projector.start()
-        self.store.on_staged = self.projector.on_staged
 
     async def stop(self):
         await self.store.close()
         await self.projector.stop()
 
     async def push(self, body):
-        appended = await self.store.append(self.store.new_event(PUSH, body["deviceId"], 385, body))
-        return appended, await self.projector.project(appended)
+        event = self.store.new_event(PUSH, body["deviceId"], 385, body)
+        appended, projection = await append_and_project(self.store, self.projector, event)
+        return appended, await projection
 
     async def settle(self):
         for _ in range(200):

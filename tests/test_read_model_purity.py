@@ -29,6 +29,7 @@ from projections.replay import replay_logs
 from projections.retention import prune_logs
 from projections.schema import READ_MODEL_TABLES, drop_all
 from projections.sql_recorder import SqlRecorder
+from service.ingest import append_and_project
 from tests.conftest import mysql_database_url
 
 DAY0 = datetime(2026, 3, 1, 6, 0, tzinfo=UTC)
@@ -124,8 +125,7 @@ class Live:
         self.store = LogStore(self.root, clock=lambda: self.now)
         await self.store.open()
         recorder = SqlRecorder(self.db, auto_schema=True)
-        self.projector = Projector(recorder, self.root, self.store.durable_end, self.store.devices)
-        self.store.on_staged = self.projector.on_staged
+        self.projector = Projector(recorder, self.root, self.store)
         await self.projector.start()
         await self.settle()
         return self
@@ -141,8 +141,9 @@ class Live:
 
     async def _one(self, op: Op) -> None:
         self.now = max(self.now, op.at)
-        appended = await self.store.append(self.store.new_event(op.kind, op.device_id, op.user_id, op.body))
-        await self.projector.project(appended)
+        event = self.store.new_event(op.kind, op.device_id, op.user_id, op.body)
+        _, projection = await append_and_project(self.store, self.projector, event)
+        await projection
 
     async def settle(self) -> None:
         for _ in range(500):

@@ -12,7 +12,7 @@ from projections.db import connect
 from projections.rebuild import rebuild
 from projections.replay import replay_logs
 from projections.schema import ALL_TABLES, READ_MODEL_TABLES
-from service.http.keys import INGESTOR
+from service.http.keys import SERVICES
 from tests.conftest import fixture_bytes
 
 SAMPLE = orjson.loads(fixture_bytes("sample_push.json"))
@@ -46,7 +46,7 @@ async def fill(app_client) -> Any:
         resp = await client.post("/api/webhooks/tlink", data=orjson.dumps(body))
         assert resp.status == 200
     device = orjson.loads(fixture_bytes("sync_page1.json"))["dataList"][0]
-    await client.app[INGESTOR].sync_device(385, device)
+    await client.app[SERVICES].ingestor.sync_device(385, device)
     await client.close()
     return client
 
@@ -85,7 +85,7 @@ async def test_rebuild_switches_to_identical_read_models(app_client, database_ur
 async def test_sync_events_replay_with_their_names(app_client, database_url, log_root):
     client = await app_client()
     device = orjson.loads(fixture_bytes("sync_page1.json"))["dataList"][0]
-    appended = await client.app[INGESTOR].sync_device(385, device)
+    appended = await client.app[SERVICES].ingestor.sync_device(385, device)
     assert appended.event.type == SYNC
     await client.close()
     db = await connect(database_url)

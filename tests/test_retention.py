@@ -28,14 +28,8 @@ from projections.db import Database, DatabaseUnavailable, Row, connect
 from projections.replay import recorded_files, replay_logs
 from projections.retention import prune_logs
 from service.cli.main import main
-from service.http.keys import DATABASE
-from service.jobs.scheduler import (
-    RETENTION_FIRST_RUN_SECONDS,
-    RETENTION_JOB,
-    RETENTION_JOB_ID,
-    RETENTION_STATS,
-    SCHEDULER,
-)
+from service.http.keys import RETENTION_JOB, RETENTION_STATS, SCHEDULER, SERVICES
+from service.jobs.scheduler import RETENTION_FIRST_RUN_SECONDS, RETENTION_JOB_ID
 
 TODAY = date(2026, 1, 10)
 LOG_AGE = 3  # cutoff 2026-01-07: files of 01-06 and before are due
@@ -305,7 +299,7 @@ async def test_the_retention_job_is_scheduled_and_applies_the_rule(app_client, d
     stats = app[RETENTION_STATS]
     assert (stats.runs, stats.files_deleted, stats.folders_removed, stats.files_kept) == (1, 2, 1, 0)
     assert device_ids(log_root) == [7] and device_days(log_root, 7) == [days_ago(1)]
-    assert verify(log_root, await recorded_files(app[DATABASE])).ok
+    assert verify(log_root, await recorded_files(app[SERVICES].db)).ok
 
 
 @pytest.fixture

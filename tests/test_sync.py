@@ -27,17 +27,8 @@ from eventlog.store import lock_root
 from ops.fake_tlink import FAKE_TLINK_STATE, SENSOR_DATA_PATH, FakeTlinkState, make_fake_tlink_app
 from projections.db import connect
 from service.cli.main import main
-from service.http.keys import DATABASE, INGESTOR, SETTINGS
-from service.jobs.scheduler import (
-    RETENTION_JOB_ID,
-    SCHEDULER,
-    SYNC_JOB,
-    SYNC_JOB_ID,
-    SYNC_STATS,
-    ExclusiveJob,
-    new_scheduler,
-    schedule,
-)
+from service.http.keys import SCHEDULER, SERVICES, SETTINGS, SYNC_JOB, SYNC_STATS
+from service.jobs.scheduler import RETENTION_JOB_ID, SYNC_JOB_ID, ExclusiveJob, new_scheduler, schedule
 from service.jobs.sync import FAILED, OK, PARTIAL, SyncStats, build_sync
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -143,7 +134,7 @@ def fixture_devices() -> dict[int, dict[str, Any]]:
 
 
 async def count(app: web.Application, sql: str, params: list[Any] | None = None) -> int:
-    return int((await app[DATABASE].fetchall(sql, params or []))[0][0])
+    return int((await app[SERVICES].db.fetchall(sql, params or []))[0][0])
 
 
 # --------------------------------------------------------------------------- a full sync
@@ -164,14 +155,14 @@ async def test_three_pages_are_synced_into_log_and_read_models(app_client, fake,
         [line] = log_events(log_root, device_id)
         assert line["type"] == SYNC and line["userId"] == USER and line["deviceId"] == device_id
         assert line["body"] == expected[device_id]  # the vendor object, unchanged
-    rows = await app[DATABASE].fetchall(
+    rows = await app[SERVICES].db.fetchall(
         "SELECT device_id, device_name, device_no, tlink_user_id, lat, lng FROM devices ORDER BY device_id"
     )
     assert [(int(r[0]), r[1], r[2], int(r[3])) for r in rows] == [
         (d, expected[d]["deviceName"], expected[d]["deviceNo"], USER) for d in DEVICES
     ]
     assert (rows[0][4], rows[0][5]) == (expected[3000]["lat"], expected[3000]["lng"])
-    sensors = await app[DATABASE].fetchall(
+    sensors = await app[SERVICES].db.fetchall(
         "SELECT sensor_id, sensor_name, unit, latest_value, latest_recorded_at FROM sensors WHERE device_id = %s"
         " ORDER BY sensor_id",
         [3000],
@@ -338,7 +329,7 @@ async def test_runs_never_overlap_when_a_run_outlasts_the_interval(app_client, f
     fake.state.delay_seconds = 0.25  # a run takes three calls: 0.75 s
     stats = SyncStats()
     settings = app[SETTINGS].model_copy(update=tlink_settings(fake, TLINK_SYNC_USER_IDS=[USER]))
-    sync = build_sync(settings, client.session, app[INGESTOR], app[DATABASE], stats)
+    sync = build_sync(settings, client.session, app[SERVICES].ingestor, app[SERVICES].db, stats)
     job = ExclusiveJob(SYNC_JOB_ID, sync.run, on_skip=lambda: None)
     scheduler = new_scheduler(lambda job_id: setattr(stats, "skipped_runs", stats.skipped_runs + 1))
     schedule(scheduler, SYNC_JOB_ID, job, 0.2)
@@ -415,7 +406,7 @@ async def test_a_reading_pushed_and_synced_is_stored_and_counted_once(app_client
     report = await app[SYNC_JOB].run()
 
     assert report.readings == READINGS_PER_SYNC - 1
-    rows = await app[DATABASE].fetchall("SELECT COUNT(*) FROM sensor_readings WHERE sensor_id = %s", [30001])
+    rows = await app[SERVICES].db.fetchall("SELECT COUNT(*) FROM sensor_readings WHERE sensor_id = %s", [30001])
     assert int(rows[0][0]) == 1
     assert await count(app, "SELECT COUNT(*) FROM sensor_readings") == READINGS_PER_SYNC
 

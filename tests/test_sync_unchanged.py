@@ -26,8 +26,7 @@ from projections.db import connect
 from projections.readings import sync_readings
 from projections.replay import replay_logs
 from projections.schema import READ_MODEL_TABLES
-from service.http.keys import DATABASE
-from service.jobs.scheduler import SYNC_JOB, SYNC_STATS
+from service.http.keys import SERVICES, SYNC_JOB, SYNC_STATS
 from service.jobs.sync import OK, TlinkSync
 from service.jobs.sync_state import LastSync, LastSyncs, newest_sync
 from tests.test_sync import (
@@ -163,7 +162,7 @@ async def test_a_changed_object_is_appended_and_key_order_or_spacing_is_no_chang
     report = await app[SYNC_JOB].run()
     assert (report.devices, report.unchanged, report.readings) == (1, 4, 0)
     assert line_counts(log_root) == [2, 2, 1, 1, 1]
-    rows = await app[DATABASE].fetchall("SELECT device_name FROM devices WHERE device_id = %s", [3000])
+    rows = await app[SERVICES].db.fetchall("SELECT device_name FROM devices WHERE device_id = %s", [3000])
     assert rows[0][0] == "Tank 1 (north)"
 
     report = await app[SYNC_JOB].run()  # the changed objects are now the newest: unchanged again

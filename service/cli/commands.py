@@ -1,25 +1,168 @@
-"""Subcommands for the background jobs (prune, sync), registered with service.cli."""
+"""The subcommands of `tlink-push`, each a function of (arguments, settings) returning the exit status."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
-import aiohttp
-from aiohttp import web
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from eventlog.store import LogLocked
-from projections.db import Database
+from eventlog.verify import RecordedFile, verify
+from projections.db import DatabaseMissing
+from projections.log_lines import DeviceStop
+from projections.rebuild import rebuild
+from projections.replay import recorded_files, replay_logs
 from projections.retention import PruneReport, prune_logs
 from projections.schema import apply_schema
-from service.cli.main import command, with_db
+from service.bootstrap import open_database, open_services
 from service.config import Settings
-from service.http.app import create_app, storage_ctx
-from service.http.keys import DATABASE, INGESTOR
-from service.jobs.sync import SyncReport, SyncStats, build_sync
+from service.http.server import run_server
+from service.jobs.sync import SyncReport
+
+
+class Progress:
+    """A one-line counter on a terminal (silent when output is not a terminal)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.started = time.monotonic()
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, count: int) -> None:
+        if self.enabled:
+            rate = count / max(time.monotonic() - self.started, 1e-9)
+            sys.stderr.write(f"\r{self.label}: {count:,} ({rate:,.0f}/s)")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        """End the progress line."""
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+# ---------------------------------------------------------------- serve
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="address to listen on (default: HOST setting)")
+    parser.add_argument("--port", type=int, help="port to listen on (default: PORT setting)")
+
+
+def serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the HTTP service until SIGTERM/SIGINT."""
+    return run_server(settings, host=args.host, port=args.port)
+
+
+# ---------------------------------------------------------------- replay
+
+
+def _replay_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers", type=int, default=None,
+        help="processes applying the log, each taking a share of the devices"
+        " (default: the number of cores, at most 2, for MySQL; 1 for SQLite)",
+    )  # fmt: skip
+
+
+def replay(args: argparse.Namespace, settings: Settings) -> int:
+    workers = args.workers
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1) if settings.DATABASE_URL.startswith("mysql") else 1
+    if workers < 1:
+        print("tlink-push replay: --workers must be at least 1", file=sys.stderr)
+        return 2
+    return asyncio.run(_replay(settings, workers))
+
+
+async def _replay(settings: Settings, workers: int) -> int:
+    root = settings.SYNC_LOG_DIR
+    progress = Progress("replay: events")
+    started = time.monotonic()
+    async with open_database(settings) as db:
+        report = await replay_logs(db, root, progress, settings.DATABASE_URL, workers)
+    progress.done()
+    for repair in report.repairs:
+        print(repair.message, file=sys.stderr)
+    elapsed = time.monotonic() - started
+    count = report.events
+    print(f"replayed {count} events in {elapsed:.1f} s ({count / max(elapsed, 1e-9):,.0f} events/s)")
+    return _print_stops(report.stopped, root)
+
+
+def _print_stops(stopped: list[DeviceStop], root: Path) -> int:
+    """Name each device whose projection stopped, on stderr; the exit status (1 if any)."""
+    for stop in stopped:
+        print(f"device {stop.device_id} stopped at {stop.describe(root)}", file=sys.stderr)
+    if stopped:
+        print(f"{len(stopped)} device(s) not applied past the line named; every other device is", file=sys.stderr)
+    return 1 if stopped else 0
+
+
+# ---------------------------------------------------------------- rebuild
+
+
+def rebuild_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Rebuild the read models into new tables while the service runs."""
+    return asyncio.run(_rebuild(settings))
+
+
+async def _rebuild(settings: Settings) -> int:
+    progress = Progress("rebuild: events")
+    async with open_database(settings) as db:
+        report = await rebuild(db, settings.SYNC_LOG_DIR, progress)
+    progress.done()
+    print(
+        f"rebuilt read models: {report.first_pass} events, {report.catch_up} caught up before"
+        f" and {report.after_switch} after the switch"
+    )
+    return _print_stops(report.stopped, settings.SYNC_LOG_DIR)
+
+
+# ---------------------------------------------------------------- verify
+
+
+def _verify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-db", action="store_true", help="check the hash chains only, not the hashes recorded in the database"
+    )
+
+
+def verify_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Check the hash chains (and the database's record of them); read-only."""
+    recorded = {} if args.no_db else asyncio.run(_recorded_files(settings))
+    progress = Progress("verify: lines")
+    report = verify(settings.SYNC_LOG_DIR, recorded, progress)
+    progress.done()
+    for note in report.notes:
+        print(f"note: {note}")
+    if not report.ok:
+        print(f"FAILED: {report.failure}")
+        return 1
+    if report.files == 0:
+        print(f"FAILED: nothing to verify: no log files in {settings.SYNC_LOG_DIR.absolute()} (SYNC_LOG_DIR)")
+        return 1
+    print(f"OK: {report.files} files, {report.lines} lines, every hash chain intact")
+    return 0
+
+
+async def _recorded_files(settings: Settings) -> dict[tuple[int, str], RecordedFile] | None:
+    """What the database recorded, opened without creating anything; None (noted) when there is none."""
+    try:
+        async with open_database(settings, create=False) as db:
+            await db.ping()
+            recorded = await recorded_files(db)
+    except DatabaseMissing as exc:
+        print(f"note: {exc}: checking the hash chains only")
+        return None
+    if recorded is None:
+        print("note: the database holds no tables of this service: checking the hash chains only")
+    return recorded
+
 
 # ---------------------------------------------------------------- prune
 
@@ -34,14 +177,9 @@ def _prune_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@command("prune", "apply log retention now: delete daily files older than LOG_AGE days", _prune_arguments)
 def prune_command(args: argparse.Namespace, settings: Settings) -> int:
-    async def work(db: Database) -> PruneReport:
-        if settings.AUTO_APPLY_SCHEMA and not args.dry_run:
-            await apply_schema(db)
-        return await prune_logs(db, settings.SYNC_LOG_DIR, settings.LOG_AGE, dry_run=args.dry_run)
-
-    report: PruneReport = with_db(settings, work)
+    """Apply log retention now (or, with --dry-run, list what it would delete)."""
+    report = asyncio.run(_prune(settings, args.dry_run))
     if args.dry_run:
         for path in report.deleted:
             print(f"would delete {path}")
@@ -63,6 +201,13 @@ def prune_command(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if kept else 0
 
 
+async def _prune(settings: Settings, dry_run: bool) -> PruneReport:
+    async with open_database(settings) as db:
+        if settings.AUTO_APPLY_SCHEMA and not dry_run:
+            await apply_schema(db)
+        return await prune_logs(db, settings.SYNC_LOG_DIR, settings.LOG_AGE, dry_run=dry_run)
+
+
 # ---------------------------------------------------------------- sync
 
 
@@ -78,8 +223,8 @@ def _sync_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@command("sync", "run one TLINK cloud sync by hand (--once) and print what it did", _sync_arguments)
 def sync_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Run one TLINK sync by hand."""
     if not args.once:
         print("tlink-push sync: pass --once (the scheduled sync runs inside `tlink-push serve`)", file=sys.stderr)
         return 2
@@ -102,22 +247,9 @@ def _sync_problem(settings: Settings, users: list[int] | None) -> str | None:
     return settings.sync_problem(users)
 
 
-@asynccontextmanager
-async def service_storage(settings: Settings) -> AsyncIterator[web.Application]:
-    """The service's storage (database, log store, projector, ingestor), opened and closed as the server does."""
-    app = create_app(settings)
-    ctx = storage_ctx(app)
-    await anext(ctx)
-    try:
-        yield app
-    finally:
-        await anext(ctx, None)
-
-
 async def _sync_once(settings: Settings, users: list[int] | None) -> SyncReport:
-    async with service_storage(settings) as app, aiohttp.ClientSession() as session:
-        sync = build_sync(settings, session, app[INGESTOR], app[DATABASE], SyncStats())
-        return await sync.run(users)
+    async with open_services(settings) as services:
+        return await services.sync.run(users)
 
 
 def _print_report(report: SyncReport) -> None:
@@ -133,3 +265,35 @@ def _print_report(report: SyncReport) -> None:
         f" readings={report.readings} failures={report.failures} seconds={report.seconds:.3f}"
         f" outcome={report.outcome}"
     )
+
+
+# ---------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One subcommand: its --help line, its options and what it runs (returning the exit status)."""
+
+    summary: str
+    run: Callable[[argparse.Namespace, Settings], int]
+    arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+
+
+COMMANDS = {
+    "serve": Command("run the HTTP service", serve, _serve_arguments),
+    "replay": Command(
+        "drop and rebuild the events table and read models from the log files (service stopped)",
+        replay,
+        _replay_arguments,
+    ),
+    "rebuild": Command(
+        "rebuild the read models into new tables from the log and switch over while the service runs", rebuild_command
+    ),
+    "verify": Command(
+        "check every hash chain and the last-line hashes recorded in the database", verify_command, _verify_arguments
+    ),
+    "prune": Command(
+        "apply log retention now: delete daily files older than LOG_AGE days", prune_command, _prune_arguments
+    ),
+    "sync": Command("run one TLINK cloud sync by hand (--once) and print what it did", sync_command, _sync_arguments),
+}

@@ -1,26 +1,29 @@
-"""Read routes: a user's devices, latest values, history and raw events, and the vendor reference.
+"""Read handlers: a user's devices, latest values, history and raw events, and the vendor reference.
 
-Metadata and latest values come from the read models; history and events from the log
-files. Every answer is built through its model in service.schemas.
+Each handler parses its parameters (service.http.query), asks the read side
+(projections.views for the read models, projections.history for history from the log
+files, eventlog.backward for raw events) and formats the answer through its model in
+service.http.schemas.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from datetime import datetime
 from functools import partial
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
 
+from eventlog.backward import device_events
 from projections import views
-from projections.db import Database
-from projections.history import FIRST_PAGE, Block, LogPoint, Window, device_events, read_history
+from projections.history import SqlBlockIndex, Window, histories
 from projections.readings import Reading
 from projections.views import DeviceView, SensorView, UserView
 from service.http import query, schemas
-from service.http.keys import DATABASE, SETTINGS, STORE
+from service.http.keys import SERVICES, SETTINGS
 from service.http.middleware.errors import ApiError, json_response
 from service.http.reference import DEVICE_APIS
 
@@ -37,8 +40,9 @@ def answer(model: type[BaseModel], data: dict[str, Any], status: int = 200) -> w
 # ---------------------------------------------------------------- answer parts
 
 
-def _time(moment: Any) -> str | None:
-    return None if moment is None else str(moment.isoformat(timespec="seconds"))
+def _time_text(moment: datetime | None) -> str | None:
+    """A platform time as the API writes it: YYYY-MM-DDTHH:MM:SS."""
+    return None if moment is None else moment.isoformat(timespec="seconds")
 
 
 def user_part(user: UserView) -> dict[str, Any]:
@@ -58,7 +62,7 @@ def device_part(device: DeviceView) -> dict[str, Any]:
         "lat": device.lat,
         "lng": device.lng,
         "lastFlag": device.last_flag,
-        "lastPushTime": _time(device.last_push_time),
+        "lastPushTime": _time_text(device.last_push_time),
     }
 
 
@@ -73,14 +77,14 @@ def sensor_part(sensor: SensorView) -> dict[str, Any]:
         "isAlarm": sensor.is_alarm,
         "isLine": sensor.is_line,
         "latestValue": sensor.latest_value,
-        "latestRecordedAt": _time(sensor.latest_recorded_at),
+        "latestRecordedAt": _time_text(sensor.latest_recorded_at),
     }
 
 
 def reading_part(reading: Reading) -> dict[str, Any]:
     """The reading shape."""
     return {
-        "recordedAt": _time(reading.recorded_at),
+        "recordedAt": _time_text(reading.recorded_at),
         "sensorTimestamp": reading.sensor_timestamp,
         "value": reading.value,
         "rawValue": reading.raw_value,
@@ -111,7 +115,7 @@ def with_history(sensors: list[SensorView], histories: dict[int, list[Reading]])
 async def owner(request: web.Request) -> UserView:
     """The user of the path; 404 if unknown."""
     user_id = query.path_id(request, query.USER_ID)
-    user = await views.find_user(request.app[DATABASE], user_id)
+    user = await views.find_user(request.app[SERVICES].db, user_id)
     if user is None:
         raise ApiError(404, f"unknown user {user_id}")
     return user
@@ -119,46 +123,20 @@ async def owner(request: web.Request) -> UserView:
 
 async def owned_device(request: web.Request, user: UserView, device_id: int) -> DeviceView:
     """The device if it is the user's; 404 otherwise."""
-    device = await views.find_device(request.app[DATABASE], user.tlink_user_id, device_id)
+    device = await views.find_device(request.app[SERVICES].db, user.tlink_user_id, device_id)
     if device is None:
         raise ApiError(404, f"device {device_id} is not a device of user {user.tlink_user_id}")
     return device
 
 
-async def histories(
-    app: web.Application, sensors: dict[int, list[SensorView]], window: Window, limit: int
+async def sensor_histories(
+    request: web.Request, sensors: dict[int, list[SensorView]], window: Window, limit: int
 ) -> dict[int, dict[int, list[Reading]]]:
-    """Per device, the newest `limit` readings in the window of each of its sensors, from the log files.
-
-    One query finds every device's tail and first blocks; further blocks, rarely needed,
-    are fetched per device.
-    """
-    wanted = [d for d, found in sensors.items() if found] if limit > 0 else []
-    db, root, store = app[DATABASE], app[SETTINGS].SYNC_LOG_DIR, app[STORE]
-    starts = await views.history_starts(db, wanted, window, FIRST_PAGE)
-    result: dict[int, dict[int, list[Reading]]] = {}
-    for device_id in wanted:
-        tail, first = starts[device_id]
-        fetch = partial(_next_blocks, db, device_id, window, tail, first)
-        newest = {s.sensor_id: s.latest_recorded_at for s in sensors[device_id]}
-        result[device_id] = await read_history(
-            root, device_id, newest, window, limit, tail, fetch, store.durable_end(device_id)
-        )
-    return result
-
-
-async def _next_blocks(
-    db: Database,
-    device_id: int,
-    window: Window,
-    tail: LogPoint | None,
-    first: list[Block],
-    after: Block | None,
-    size: int,
-) -> list[Block]:
-    if after is None:
-        return first
-    return await views.blocks_before(db, device_id, window, tail, after, size)
+    """Per device, the newest `limit` readings in the window of each of its sensors (projections.history)."""
+    services = request.app[SERVICES]
+    return await histories(
+        SqlBlockIndex(services.db), services.settings.SYNC_LOG_DIR, services.store, sensors, window, limit
+    )
 
 
 # ---------------------------------------------------------------- handlers
@@ -171,7 +149,7 @@ async def list_devices(request: web.Request) -> web.Response:
     window = query.window(request)
     limit = query.history_limit(request, settings.DEFAULT_HISTORY_LIMIT, settings.MAX_HISTORY_LIMIT)
     only = query.optional_id(request, query.DEVICE_FILTER)
-    db = request.app[DATABASE]
+    db = request.app[SERVICES].db
     user = await owner(request)
     if only is not None:
         devices = [await owned_device(request, user, only)] if page == 1 else []
@@ -180,7 +158,7 @@ async def list_devices(request: web.Request) -> web.Response:
         total = await views.count_devices(db, user.tlink_user_id)
         devices = await views.list_devices(db, user.tlink_user_id, size, (page - 1) * size)
     sensors = await views.sensors_of(db, [d.device_id for d in devices])
-    found = await histories(request.app, sensors, window, limit)
+    found = await sensor_histories(request, sensors, window, limit)
     items = [
         {**device_part(d), "sensors": with_history(sensors[d.device_id], found.get(d.device_id, {}))} for d in devices
     ]
@@ -193,7 +171,7 @@ async def latest(request: web.Request) -> web.Response:
     device_id = query.path_id(request, query.DEVICE_ID)
     user = await owner(request)
     device = await owned_device(request, user, device_id)
-    sensors = (await views.sensors_of(request.app[DATABASE], [device_id]))[device_id]
+    sensors = (await views.sensors_of(request.app[SERVICES].db, [device_id]))[device_id]
     items = [{**sensor_part(s), "latest": latest_part(s)} for s in sensors]
     return answer(schemas.LatestAnswer, {"user": user_part(user), "device": device_part(device), "sensors": items})
 
@@ -206,8 +184,8 @@ async def history(request: web.Request) -> web.Response:
     limit = query.history_limit(request, settings.DEFAULT_HISTORY_LIMIT, settings.MAX_HISTORY_LIMIT)
     user = await owner(request)
     device = await owned_device(request, user, device_id)
-    sensors = await views.sensors_of(request.app[DATABASE], [device_id])
-    found = (await histories(request.app, sensors, window, limit)).get(device_id, {})
+    sensors = await views.sensors_of(request.app[SERVICES].db, [device_id])
+    found = (await sensor_histories(request, sensors, window, limit)).get(device_id, {})
     data = {"user": user_part(user), "device": device_part(device), "sensors": with_history(sensors[device_id], found)}
     return answer(schemas.HistoryAnswer, data)
 
@@ -225,7 +203,7 @@ async def events(request: web.Request) -> web.Response:
         None,
         partial(
             device_events, settings.SYNC_LOG_DIR, device_id, (page - 1) * size, size, day, type_,
-            request.app[STORE].durable_end(device_id),
+            request.app[SERVICES].store.durable_end(device_id),
         ),
     )  # fmt: skip
     data = {
@@ -244,12 +222,3 @@ schemas.ReferenceAnswer.model_validate(REFERENCE, strict=True)
 async def device_apis(request: web.Request) -> web.Response:
     """GET /api/reference/device-apis (a constant, checked against its model once, at start-up)."""
     return json_response(REFERENCE)
-
-
-def setup(app: web.Application) -> None:
-    """Register the read routes."""
-    app.router.add_get("/api/users/{userId}/devices", list_devices)
-    app.router.add_get("/api/users/{userId}/devices/{deviceId}/latest", latest)
-    app.router.add_get("/api/users/{userId}/devices/{deviceId}/history", history)
-    app.router.add_get("/api/users/{userId}/devices/{deviceId}/events", events)
-    app.router.add_get("/api/reference/device-apis", device_apis)

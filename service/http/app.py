@@ -1,69 +1,106 @@
-"""The application factory: every long-lived resource is opened and closed here."""
+"""The web application: the routes, the middlewares, and the services opened for the app's lifetime.
+
+Everything long-lived is built by service.bootstrap; this module only puts the HTTP side
+around it: `create_app(settings)` makes the app (nothing is opened until it starts),
+`services_ctx` opens the services when it starts, and `jobs_ctx` runs the scheduled jobs
+on them.
+"""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
+import orjson
 from aiohttp import web
 
-from eventlog.deadletter import DeadLetters
-from eventlog.store import LogStore
-from projections.db import connect
-from projections.projector import Projector
-from projections.sql_recorder import SqlRecorder
+from service.bootstrap import Services, open_services
 from service.config import Settings
-from service.http import api, health, metrics, openapi, webhook
-from service.http.keys import DATABASE, DEAD_LETTERS, INGESTOR, PROJECTOR, RECORDER, SETTINGS, STORE
-from service.http.middleware import cors
+from service.http.body import BodyBudget
+from service.http.connections import JsonErrorServer
+from service.http.keys import (
+    BODY_BUDGET,
+    METRICS,
+    OPENAPI_DOCUMENT,
+    READY_NOTES,
+    RETENTION_JOB,
+    RETENTION_STATS,
+    SCHEDULER,
+    SERVICES,
+    SETTINGS,
+    SYNC_JOB,
+    SYNC_STATS,
+)
 from service.http.middleware.auth import api_key_middleware
+from service.http.middleware.cors import add_origin, cors_middleware
 from service.http.middleware.errors import error_middleware
-from service.ingest import Ingestor
-from service.jobs import scheduler
-
-log = logging.getLogger("tlink.app")
-
-
-async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Database, log store, projector and ingestor, for the app's lifetime."""
-    settings = app[SETTINGS]
-    db = await connect(settings.DATABASE_URL, maxsize=settings.DB_POOL_SIZE)
-    store = LogStore(settings.SYNC_LOG_DIR, on_flush=app[metrics.METRICS].observe_flush)
-    for repair in await store.open():
-        log.warning(
-            repair.message,
-            extra={
-                "file": str(repair.path), "quarantine": str(repair.quarantine), "bytes": repair.moved_bytes,
-                "kind": repair.kind, "reason": repair.reason,
-            },
-        )
-    recorder = SqlRecorder(db, auto_schema=settings.AUTO_APPLY_SCHEMA)
-    projector = Projector(recorder, settings.SYNC_LOG_DIR, store.durable_end, store.devices)
-    store.on_staged = projector.on_staged
-    await projector.start()
-    app[DATABASE], app[STORE], app[RECORDER], app[PROJECTOR] = db, store, recorder, projector
-    app[INGESTOR] = Ingestor(
-        store, projector, recorder, settings.MAX_SAMPLES_PER_PUSH, settings.MAX_SENSORS_PER_DEVICE
-    )
-    app[DEAD_LETTERS] = DeadLetters(settings.SYNC_LOG_DIR)
-    yield
-    await store.close()  # in-flight appends finish first: they were (or will be) answered
-    await projector.stop()
-    await db.close()
+from service.http.middleware.metrics import metrics_middleware
+from service.http.openapi import build_document
+from service.http.readiness import ReadyNotes
+from service.http.routes import OPERATIONS, add_routes
+from service.jobs.retention import RetentionStats
+from service.jobs.scheduler import run_jobs
+from service.jobs.sync import SyncStats
+from service.metrics import new_metrics
 
 
-def create_app(settings: Settings) -> web.Application:
-    """The aiohttp application for these settings; nothing is opened until it starts."""
+def create_app(settings: Settings, **services: Any) -> web.Application:
+    """The aiohttp application for these settings; nothing is opened until it starts.
+
+    `services` go to service.bootstrap.open_services (a test's own recorder, for example).
+    """
     # Outermost first: metrics sees the answer the error middleware made of any error.
-    middlewares = [metrics.metrics_middleware, error_middleware, cors.cors_middleware, api_key_middleware]
+    middlewares = [metrics_middleware, error_middleware, cors_middleware, api_key_middleware]
     app = web.Application(client_max_size=settings.MAX_BODY_BYTES, middlewares=middlewares)
     app[SETTINGS] = settings
-    app.cleanup_ctx.append(storage_ctx)
-    scheduler.setup(app)  # its jobs_ctx starts after the storage and stops before it
-    webhook.setup(app)
-    metrics.setup(app)
-    api.setup(app)
-    health.setup(app)
-    openapi.setup(app)
-    cors.setup(app)
+    app[SYNC_STATS], app[RETENTION_STATS] = SyncStats(), RetentionStats()
+    app[METRICS] = new_metrics(lambda: app.get(SERVICES), app[SYNC_STATS], app[RETENTION_STATS])
+    app[BODY_BUDGET] = BodyBudget(settings.MAX_BUFFERED_BODY_BYTES)
+    app[READY_NOTES] = ReadyNotes()
+    app[OPENAPI_DOCUMENT] = orjson.dumps(build_document(settings, OPERATIONS))
+    add_routes(app.router)
+    app.on_response_prepare.append(add_origin)
+    app.cleanup_ctx.append(_services_ctx(services))
+    app.cleanup_ctx.append(jobs_ctx)  # starts after the services and stops before them
+    use_json_error_server(app)
     return app
+
+
+def _services_ctx(options: dict[str, Any]) -> Any:
+    async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+        """The services, open for the app's lifetime."""
+        metrics = app[METRICS]
+        async with open_services(
+            app[SETTINGS], on_flush=metrics.observe_flush, sync_stats=app[SYNC_STATS], **options
+        ) as services:
+            app[SERVICES] = services
+            yield
+
+    return services_ctx
+
+
+async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The scheduler and its jobs, for the app's lifetime."""
+    services: Services = app[SERVICES]
+    async with run_jobs(services, app[RETENTION_STATS]) as jobs:
+        app[SCHEDULER], app[RETENTION_JOB] = jobs.scheduler, jobs.retention
+        if jobs.sync is not None:
+            app[SYNC_JOB] = jobs.sync
+        yield
+
+
+def use_json_error_server(app: web.Application) -> None:
+    """Make every server started for `app` (run_app, aiohttp's test server) a JsonErrorServer.
+
+    aiohttp offers no option for the connection handler's class: `Application._make_handler`
+    builds the `web.Server` whatever runner starts the app, so its result gets the subclass
+    (which adds no state: only `__call__` differs).
+    """
+    make_handler = app._make_handler
+
+    def make(**kwargs: Any) -> web.Server:
+        server = make_handler(**kwargs)
+        server.__class__ = JsonErrorServer
+        return server
+
+    app._make_handler = make  # type: ignore[method-assign]

@@ -1,4 +1,5 @@
-"""A push body as a JSON object whose every value is the value received.
+"""A push body: read within the bytes budget (`BodyBudget`), then as a JSON object whose every value is
+the value received.
 
 orjson reads a body in about 2 µs, but some bodies it reads into something else than they
 say: of duplicate keys it keeps the last, an integer outside 64 bits becomes a float, a
@@ -28,12 +29,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
 from projections.readings import InvalidBody
+from service.http.middleware.errors import ApiError
 
 MAX_JSON_DEPTH = 32  # objects and arrays nested in one another, the body itself being level 1
 MIN_INTEGER = -(2**63)
@@ -160,3 +164,22 @@ def _strict(body: bytes) -> None:
     problem = _first_odd(doc, "")  # at most MAX_JSON_DEPTH deep: checked before
     if problem is not None:
         raise InvalidBody(problem)
+
+
+class BodyBudget:
+    """Bytes of push bodies being read or handled at once, bounded by MAX_BUFFERED_BODY_BYTES."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    @contextmanager
+    def reserve(self, size: int) -> Iterator[None]:
+        """Hold `size` bytes of the budget; 503 with Retry-After when they are not free."""
+        if self.used + size > self.limit:
+            raise ApiError(503, "too many push bodies in flight; retry later", headers={"Retry-After": "1"})
+        self.used += size
+        try:
+            yield
+        finally:
+            self.used -= size

@@ -1,4 +1,4 @@
-"""GET /api/openapi.json: an OpenAPI 3.1 document of every endpoint.
+"""GET /api/openapi.json: an OpenAPI 3.1 document of every endpoint of the route table.
 
 Answer schemas are generated from the pydantic models the handlers build their answers
 with, and parameters from the declarations the handlers parse them with; security and
@@ -7,19 +7,18 @@ defaults follow this deployment's settings.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import orjson
 from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from service.config import Settings
 from service.http import query, schemas
-from service.http.keys import SETTINGS
+from service.http.keys import OPENAPI_DOCUMENT
 from service.http.query import Param
-from service.http.webhook import WEBHOOK_PATH
 
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
@@ -44,102 +43,17 @@ class Operation:
     tags: tuple[str, ...] = field(default=("read",))
 
 
-_BAD = (400, ("a parameter is malformed; the error names it", schemas.ErrorAnswer))
-_UNAUTHORIZED = (401, ("API_KEYS is set and the bearer key is missing or wrong", schemas.ErrorAnswer))
-_NOT_FOUND = (404, ("unknown user, or the device is not that user's", schemas.ErrorAnswer))
-_UNAVAILABLE = (503, ("the database is unavailable; retry later", schemas.ErrorAnswer))
-_DEVICE = (query.USER_ID, query.DEVICE_ID)
-_WINDOW = (query.START_TIME, query.END_TIME, query.HISTORY_LIMIT)
+BAD = (400, ("a parameter is malformed; the error names it", schemas.ErrorAnswer))
+UNAUTHORIZED = (401, ("API_KEYS is set and the bearer key is missing or wrong", schemas.ErrorAnswer))
+NOT_FOUND = (404, ("unknown user, or the device is not that user's", schemas.ErrorAnswer))
+UNAVAILABLE = (503, ("the database is unavailable; retry later", schemas.ErrorAnswer))
 
 
-def _read(path: str, summary: str, model: type[BaseModel], params: tuple[Param, ...]) -> Operation:
+def read_operation(path: str, summary: str, model: type[BaseModel], params: tuple[Param, ...]) -> Operation:
+    """A GET of the read API answering `model`, with the read API's error answers."""
     responses: dict[int, tuple[str, Content]] = {200: ("OK", model)}
-    responses.update([_BAD, _UNAUTHORIZED, _NOT_FOUND, _UNAVAILABLE])
+    responses.update([BAD, UNAUTHORIZED, NOT_FOUND, UNAVAILABLE])
     return Operation("get", path, summary, responses, params)
-
-
-OPERATIONS = (
-    _read(
-        "/api/users/{userId}/devices",
-        "A user's devices, each with its sensors and their history from the log files",
-        schemas.DevicesAnswer,
-        (query.USER_ID, query.DEVICE_FILTER, *_WINDOW, query.PAGE, query.PAGE_SIZE),
-    ),
-    _read(
-        "/api/users/{userId}/devices/{deviceId}/latest",
-        "Latest reading of each sensor of a device (newest reading time)",
-        schemas.LatestAnswer,
-        _DEVICE,
-    ),
-    _read(
-        "/api/users/{userId}/devices/{deviceId}/history",
-        "History of each sensor of a device, read from the log files, newest first",
-        schemas.HistoryAnswer,
-        (*_DEVICE, *_WINDOW),
-    ),
-    _read(
-        "/api/users/{userId}/devices/{deviceId}/events",
-        "Raw events of a device as logged, newest first (for auditors)",
-        schemas.EventsAnswer,
-        (*_DEVICE, query.PAGE, query.PAGE_SIZE, query.DAY, query.EVENT_TYPE),
-    ),
-    Operation(
-        "get",
-        "/api/reference/device-apis",
-        "The TLINK REST endpoints this service relates to",
-        dict([(200, ("OK", schemas.ReferenceAnswer)), _UNAUTHORIZED]),
-    ),
-    Operation(
-        "get",
-        "/api/openapi.json",
-        "This document",
-        {200: ("OpenAPI 3.1 document", ANY_JSON), 401: _UNAUTHORIZED[1]},
-    ),
-    Operation(
-        "get",
-        "/api/health",
-        "Liveness: the process answers",
-        {200: ("alive", schemas.HealthAnswer)},
-        auth="none",
-        tags=("operations",),
-    ),
-    Operation(
-        "get",
-        "/api/ready",
-        "Readiness: log root writable, database reachable, projection not behind",
-        {200: ("ready", schemas.ReadyAnswer), 503: ("not ready; `reasons` says why", schemas.ReadyAnswer)},
-        auth="none",
-        tags=("operations",),
-    ),
-    Operation(
-        "post",
-        WEBHOOK_PATH,
-        "Receive one TLINK push; 200 only once its event line is on disk",
-        {
-            200: ("stored, or a duplicate of a stored push (`duplicate`)", schemas.WebhookAnswer),
-            400: ("invalid JSON or a body missing deviceId/deviceUserid/sensorsDates", schemas.ErrorAnswer),
-            401: ("wrong or missing ?token= or X-TLink-Signature", schemas.ErrorAnswer),
-            413: ("body over MAX_BODY_BYTES", schemas.ErrorAnswer),
-            503: ("the event log cannot be written; retry later", schemas.ErrorAnswer),
-        },
-        auth="webhook",
-        body=schemas.PushBody,
-        tags=("ingest",),
-    ),
-    Operation(
-        "get",
-        "/metrics",
-        "Prometheus metrics (text exposition format)",
-        {200: ("metrics", None)},
-        auth="none",
-        tags=("operations",),
-    ),
-)
-
-ANSWER_MODELS = sorted(
-    {m for op in OPERATIONS for _, m in op.responses.values() if m is not None and m != ANY_JSON},
-    key=lambda m: m.__name__,
-)
 
 
 def _parameter(param: Param, settings: Settings) -> dict[str, Any]:
@@ -200,13 +114,16 @@ def _operation(op: Operation, settings: Settings, refs: dict[type[BaseModel], di
     return doc
 
 
-def build_document(settings: Settings) -> dict[str, Any]:
-    """The OpenAPI 3.1 document for these settings."""
-    keyed = [(m, "serialization") for m in ANSWER_MODELS] + [(schemas.PushBody, "validation")]
+def build_document(settings: Settings, operations: Sequence[Operation]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of these operations (service.http.routes.OPERATIONS) for these settings."""
+    answers = {m for op in operations for _, m in op.responses.values() if m is not None and m != ANY_JSON}
+    bodies = {op.body for op in operations if op.body is not None}
+    keyed = [(m, "serialization") for m in sorted(answers, key=lambda m: m.__name__)]
+    keyed += [(m, "validation") for m in sorted(bodies, key=lambda m: m.__name__)]
     key_map, defs = models_json_schema(keyed, ref_template=REF)  # type: ignore[arg-type]
     refs: dict[type[BaseModel], dict[str, Any]] = {m: s for (m, _), s in key_map.items()}  # type: ignore[misc]
     paths: dict[str, dict[str, Any]] = {}
-    for op in OPERATIONS:
+    for op in operations:
         paths.setdefault(op.path, {})[op.method] = _operation(op, settings, refs)
     return {
         "openapi": "3.1.0",
@@ -232,11 +149,6 @@ def build_document(settings: Settings) -> dict[str, Any]:
     }
 
 
-def setup(app: web.Application) -> None:
-    """Register GET /api/openapi.json, the document built once for the app's settings."""
-    body = orjson.dumps(build_document(app[SETTINGS]))
-
-    async def openapi(request: web.Request) -> web.Response:
-        return web.Response(body=body, content_type="application/json")
-
-    app.router.add_get("/api/openapi.json", openapi)
+async def document(request: web.Request) -> web.Response:
+    """GET /api/openapi.json: the document built for the app at its creation."""
+    return web.Response(body=request.app[OPENAPI_DOCUMENT], content_type=JSON)

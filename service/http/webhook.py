@@ -5,20 +5,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from aiohttp import web
 
 from projections.readings import InvalidBody
 from service.http.body import parse_object
-from service.http.keys import DEAD_LETTERED, DEAD_LETTERS, INGESTOR, PUSH_OUTCOME, SETTINGS, STORED_READINGS
+from service.http.keys import BODY_BUDGET, DEAD_LETTERED, PUSH_OUTCOME, SERVICES, SETTINGS, STORED_READINGS
 from service.http.middleware.auth import secret_equal
 from service.http.middleware.errors import ApiError, json_response
+from service.metrics import ABORTED
 
 WEBHOOK_PATH = "/api/webhooks/tlink"
-# The outcome of a push whose client disconnected before its body was received.
-ABORTED = "aborted"
 
 
 def signature_ok(secret: str, body: bytes, header: str | None) -> bool:
@@ -64,28 +61,6 @@ def authenticate(request: web.Request, body: bytes, signature: str | None) -> No
         raise ApiError(401, "missing or wrong X-TLink-Signature")
 
 
-class BodyBudget:
-    """Bytes of push bodies being read or handled at once, bounded by MAX_BUFFERED_BODY_BYTES."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-
-    @contextmanager
-    def reserve(self, size: int) -> Iterator[None]:
-        """Hold `size` bytes of the budget; 503 with Retry-After when they are not free."""
-        if self.used + size > self.limit:
-            raise ApiError(503, "too many push bodies in flight; retry later", headers={"Retry-After": "1"})
-        self.used += size
-        try:
-            yield
-        finally:
-            self.used -= size
-
-
-BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
-
-
 async def read_body(request: web.Request) -> bytes:
     """The raw body, read within BODY_READ_TIMEOUT_SECONDS; 408, 413 or 400 when it cannot be had."""
     settings = request.app[SETTINGS]
@@ -113,10 +88,11 @@ async def receive_push(request: web.Request) -> web.Response:
     signature = check_credentials(request)
     body = await read_body(request)
     authenticate(request, body, signature)
+    services = request.app[SERVICES]
     try:
-        result = await request.app[INGESTOR].push(parse_object(body))
+        result = await services.ingestor.push(parse_object(body))
     except InvalidBody as exc:
-        await request.app[DEAD_LETTERS].keep(body, str(exc), request.remote)
+        await services.dead_letters.keep(body, str(exc), request.remote)
         request[DEAD_LETTERED] = True
         raise
     # Read by the metrics middleware: the outcome and what was stored.
@@ -131,10 +107,3 @@ async def receive_push(request: web.Request) -> web.Response:
             "projected": result.projected,
         }
     )
-
-
-def setup(app: web.Application) -> None:
-    """Register the webhook route."""
-    app[BODY_BUDGET] = BodyBudget(app[SETTINGS].MAX_BUFFERED_BODY_BYTES)
-    app.router.add_post(WEBHOOK_PATH, receive_push)
-

@@ -1,8 +1,8 @@
 """Background jobs on one APScheduler AsyncIOScheduler: `tlink_device_sync` and `sync_log_retention`.
 
-`setup(app)` puts the stats objects on the app and appends `jobs_ctx`, which starts
-the scheduler after the storage is up and stops it (and any job in progress) before
-the storage goes down. The sync first runs at start-up and retention a few minutes
+`run_jobs(services, ...)` starts the scheduler once the services are open (the web app
+enters it inside their context) and stops it, and any job in progress, before they
+close. The sync first runs at start-up and retention a few minutes
 after it (once recovery and projection catch-up have settled), so restarts more
 frequent than an interval never starve them.
 """
@@ -12,20 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Generic, TypeVar
 
-import aiohttp
-from aiohttp import web
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from eventlog.events import utc_now
-from projections.retention import PruneReport, prune_logs
-from service.http.keys import DATABASE, INGESTOR, SETTINGS
-from service.jobs.sync import SyncReport, SyncStats, build_sync
+from projections.retention import PruneReport
+from service.bootstrap import Services
+from service.jobs.retention import RetentionStats, run_retention
+from service.jobs.sync import SyncReport
 
 log = logging.getLogger("tlink.jobs")
 
@@ -89,67 +88,6 @@ class ExclusiveJob(Generic[T]):
             pass
 
 
-# ---------------------------------------------------------------- retention
-
-
-@dataclass(slots=True)
-class RetentionStats:
-    """Counters of the retention job since start-up."""
-
-    runs: int = 0
-    failed_runs: int = 0
-    files_deleted: int = 0
-    folders_removed: int = 0
-    files_kept: int = 0  # due but kept (mismatch, undeletable, database unreachable)
-    last_finished_at: datetime | None = None
-
-
-async def run_retention(app: web.Application) -> PruneReport:
-    """One retention pass of the service, logged and counted."""
-    settings, stats = app[SETTINGS], app[RETENTION_STATS]
-    try:
-        report = await prune_logs(app[DATABASE], settings.SYNC_LOG_DIR, settings.LOG_AGE)
-    except Exception:
-        stats.failed_runs += 1
-        raise
-    stats.runs += 1
-    stats.files_deleted += len(report.deleted)
-    stats.folders_removed += len(report.folders)
-    stats.files_kept += report.kept
-    stats.last_finished_at = utc_now()
-    log_prune(report)
-    return report
-
-
-def log_prune(report: PruneReport) -> None:
-    """The log lines of a retention pass."""
-    for path, reason in report.skipped:
-        log.warning("log file due for retention kept: %s", reason, extra={"file": str(path)})
-    if report.db_error is not None:
-        log.warning("log retention: %d due files kept until the database answers: %s", report.waiting, report.db_error)
-    log.info(
-        "log retention completed deleted=%d folders=%d lines=%d kept=%d cutoff=%s",
-        len(report.deleted), len(report.folders), report.lines, report.kept, report.cutoff,
-    )  # fmt: skip
-
-
-# ---------------------------------------------------------------- app
-
-
-SCHEDULER = web.AppKey("scheduler", AsyncIOScheduler)
-SYNC_STATS = web.AppKey("sync_stats", SyncStats)
-RETENTION_STATS = web.AppKey("retention_stats", RetentionStats)
-SYNC_JOB: web.AppKey[ExclusiveJob[SyncReport]] = web.AppKey("sync_job")
-RETENTION_JOB: web.AppKey[ExclusiveJob[PruneReport]] = web.AppKey("retention_job")
-
-
-def setup(app: web.Application) -> None:
-    """Stats on the app (readable from creation on) and the jobs' cleanup context, after storage_ctx."""
-    app[SYNC_STATS] = SyncStats()
-    app[RETENTION_STATS] = RetentionStats()
-    app.cleanup_ctx.append(jobs_ctx)
-
-
 def schedule(
     scheduler: AsyncIOScheduler, job_id: str, job: ExclusiveJob[Any], seconds: float, first_in: float = 0.0
 ) -> None:
@@ -179,40 +117,44 @@ def new_scheduler(on_overlap: Callable[[str], None] | None = None) -> AsyncIOSch
     return scheduler
 
 
-async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The scheduler and its jobs, for the app's lifetime (needs storage_ctx before it)."""
-    sync_stats = app[SYNC_STATS]
+@dataclass(slots=True)
+class Jobs:
+    """The running scheduler and its jobs (`sync` None when it is not scheduled)."""
+
+    scheduler: AsyncIOScheduler
+    retention: ExclusiveJob[PruneReport]
+    sync: ExclusiveJob[SyncReport] | None
+
+
+@asynccontextmanager
+async def run_jobs(services: Services, retention_stats: RetentionStats) -> AsyncIterator[Jobs]:
+    """Schedule retention and (when enabled and configured) the TLINK sync; stop them, and any run
+    in progress, on leaving."""
+    settings, sync_stats = services.settings, services.sync.stats
 
     def overlap(job_id: str) -> None:
         if job_id == SYNC_JOB_ID:
             sync_stats.skipped_runs += 1
 
     scheduler = new_scheduler(overlap)
-    jobs: list[ExclusiveJob[Any]] = []
-    session: aiohttp.ClientSession | None = None
+    work = partial(run_retention, services.db, settings.SYNC_LOG_DIR, settings.LOG_AGE, retention_stats)
+    jobs = Jobs(scheduler, ExclusiveJob(RETENTION_JOB_ID, work), None)
     try:
-        retention = ExclusiveJob(RETENTION_JOB_ID, partial(run_retention, app))
-        schedule(scheduler, RETENTION_JOB_ID, retention, RETENTION_INTERVAL_SECONDS, RETENTION_FIRST_RUN_SECONDS)
-        app[RETENTION_JOB] = retention
-        jobs.append(retention)
-        session = _start_sync(app, scheduler, jobs)
+        schedule(scheduler, RETENTION_JOB_ID, jobs.retention, RETENTION_INTERVAL_SECONDS, RETENTION_FIRST_RUN_SECONDS)
+        jobs.sync = _schedule_sync(services, scheduler)
         scheduler.start()
-        app[SCHEDULER] = scheduler
-        yield
+        yield jobs
     finally:
-        for job in jobs:
-            await job.stop()
+        for job in (jobs.retention, jobs.sync):
+            if job is not None:
+                await job.stop()
         if scheduler.running:
             scheduler.shutdown(wait=False)
             await asyncio.sleep(0)  # AsyncIOScheduler.shutdown takes effect on the next loop turn
-        if session is not None:
-            await session.close()
 
 
-def _start_sync(
-    app: web.Application, scheduler: AsyncIOScheduler, jobs: list[ExclusiveJob[Any]]
-) -> aiohttp.ClientSession | None:
-    settings, stats = app[SETTINGS], app[SYNC_STATS]
+def _schedule_sync(services: Services, scheduler: AsyncIOScheduler) -> ExclusiveJob[SyncReport] | None:
+    settings, stats = services.settings, services.sync.stats
     if not settings.TLINK_SYNC_ENABLED:
         return None
     if not settings.sync_configured:
@@ -221,19 +163,15 @@ def _start_sync(
             " and TLINK_OAUTH_CLIENT_ID): not scheduled"
         )
         return None
-    session = aiohttp.ClientSession()
-    sync = build_sync(settings, session, app[INGESTOR], app[DATABASE], stats)
 
     def skipped() -> None:
         stats.skipped_runs += 1
 
-    job = ExclusiveJob(SYNC_JOB_ID, sync.run, on_skip=skipped)
+    job = ExclusiveJob(SYNC_JOB_ID, services.sync.run, on_skip=skipped)
     schedule(scheduler, SYNC_JOB_ID, job, settings.TLINK_SYNC_INTERVAL_SECONDS)
-    app[SYNC_JOB] = job
-    jobs.append(job)
     log.info(
         "TLINK sync scheduled every %d s",
         settings.TLINK_SYNC_INTERVAL_SECONDS,
         extra={"users": ",".join(map(str, settings.TLINK_SYNC_USER_IDS)), "page_size": settings.TLINK_SYNC_PAGE_SIZE},
     )
-    return session
+    return job

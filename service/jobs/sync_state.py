@@ -20,8 +20,9 @@ from pathlib import Path
 
 import orjson
 
+from eventlog.backward import newest_lines
 from eventlog.events import SYNC, body_digest
-from projections.history import DurableEnd, newest_lines
+from eventlog.files import LogEnd
 
 log = logging.getLogger("tlink.sync")
 
@@ -37,7 +38,7 @@ class LastSync:
     digest: str
 
 
-def newest_sync(root: Path, device_id: int, durable_end: DurableEnd | None = None) -> LastSync | None:
+def newest_sync(root: Path, device_id: int, durable_end: LogEnd | None = None) -> LastSync | None:
     """The device's newest `sync` event in its log files (None: it has none), read from the end.
 
     Lines that are not valid events are passed over; `tlink-push verify` reports them.
@@ -65,7 +66,7 @@ class LastSyncs:
     in an unknown state, `forget` makes the next look-up read the log again.
     """
 
-    def __init__(self, root: Path, durable_end: Callable[[int], DurableEnd] | None = None) -> None:
+    def __init__(self, root: Path, durable_end: Callable[[int], LogEnd] | None = None) -> None:
         self.root = root
         self._durable_end = durable_end
         self._known: dict[int, LastSync | None] = {}

@@ -53,7 +53,8 @@ def _preflight(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def _add_origin(request: web.Request, response: web.StreamResponse) -> None:
+async def add_origin(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: the Allow-Origin header on every /api/* answer to an allowed origin."""
     if not _is_api(request):
         return
     origins = request.app[SETTINGS].CORS_ALLOWED_ORIGINS
@@ -64,8 +65,3 @@ async def _add_origin(request: web.Request, response: web.StreamResponse) -> Non
     if allow is not None and "Access-Control-Allow-Origin" not in response.headers:
         response.headers["Access-Control-Allow-Origin"] = allow
         response.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate"
-
-
-def setup(app: web.Application) -> None:
-    """Add the Allow-Origin header to every /api/* answer."""
-    app.on_response_prepare.append(_add_origin)

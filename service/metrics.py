@@ -1,15 +1,16 @@
-"""Prometheus metrics: one registry per app, the webhook middleware, the log-store hook, scrape-time readers.
+"""Prometheus metrics: one registry per app, the log-store hook, scrape-time readers.
 
 Nothing below `service` imports prometheus_client: the log store reports through its
-`on_flush` hook, and the projector, the log store's repairs and the sync job's stats
-are read when Prometheus scrapes, by a custom collector.
+`on_flush` hook, and the projector, the log store's repairs and the jobs' stats are
+read when Prometheus scrapes, by a custom collector. The webhook's pushes are counted
+by service.http.middleware.metrics.
 """
 
 from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
@@ -28,14 +29,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from eventlog.recovery import TORN
-from service.http.keys import DEAD_LETTERED, PROJECTOR, PUSH_OUTCOME, STORE, STORED_READINGS
-from service.http.middleware.errors import Handler
-from service.http.webhook import ABORTED, WEBHOOK_PATH
-from service.jobs.scheduler import RETENTION_STATS, SYNC_STATS
-from service.jobs.sync import SyncReport
+from service.bootstrap import Services
+from service.jobs.retention import RetentionStats
+from service.jobs.sync import SyncReport, SyncStats
 
-METRICS_PATH = "/metrics"
-
+# The outcome of a push whose client disconnected before its body was received.
+ABORTED = "aborted"
 OUTCOMES = ("ok", "duplicate", "invalid", "too_large", "unauthorized", "unavailable", "error", ABORTED)
 _OUTCOME_OF_STATUS = {400: "invalid", 413: "too_large", 401: "unauthorized", 503: "unavailable"}
 
@@ -58,7 +57,9 @@ def service_version() -> str:
 class Metrics:
     """The app's registry and the instruments observed while serving."""
 
-    def __init__(self, app: web.Application) -> None:
+    def __init__(
+        self, services: Callable[[], Services | None], sync: SyncStats, retention: RetentionStats
+    ) -> None:
         # Per app, not the global REGISTRY, so a process (or a test) can hold many apps.
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -106,7 +107,13 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
-        r.register(StateCollector(app))
+        r.register(StateCollector(services, sync, retention))
+        sync.observers.append(self.observe_sync)
+        self._page = make_aiohttp_handler(r)
+
+    async def page(self, request: web.Request) -> web.StreamResponse:
+        """GET /metrics: the text exposition of the registry."""
+        return await self._page(request)
 
     def observe_flush(self, lines: int, size: int, fsync_seconds: float) -> None:
         """The log store's on_flush hook: one group commit became durable."""
@@ -121,16 +128,12 @@ class Metrics:
         self.sync_devices.observe(report.devices)
         self.sync_readings.observe(report.readings)
 
-    def observe_push(self, request: web.Request, status: int, seconds: float) -> None:
+    def observe_push(self, outcome: str, seconds: float, stored_readings: int, dead_lettered: bool) -> None:
         """Count one answered webhook push."""
-        # The handler's own label: ok/duplicate on success, aborted (whatever was answered) for a
-        # client that disconnected mid-upload.
-        labelled = request.get(PUSH_OUTCOME)
-        outcome = labelled if status < 300 or labelled == ABORTED else None
-        self.webhook_requests.labels(outcome or outcome_of_status(status)).inc()
+        self.webhook_requests.labels(outcome).inc()
         self.webhook_seconds.observe(seconds)
-        self.readings_stored.inc(request.get(STORED_READINGS, 0))
-        if request.get(DEAD_LETTERED):
+        self.readings_stored.inc(stored_readings)
+        if dead_lettered:
             self.dead_lettered.inc()
 
 
@@ -146,18 +149,22 @@ def outcome_of_status(status: int) -> str:
 class StateCollector(Collector):
     """Reads the log store's repairs, the projector's state and the jobs' stats at scrape time."""
 
-    def __init__(self, app: web.Application) -> None:
-        self._app = app
+    def __init__(self, services: Callable[[], Services | None], sync: SyncStats, retention: RetentionStats) -> None:
+        self._services = services
+        self._sync_stats = sync
+        self._retention_stats = retention
 
     def collect(self) -> Iterator[Metric]:
-        """The current values; empty families before the app has started."""
-        yield from self._repairs()
-        yield from self._projection()
+        """The current values; the log store's and the projector's only once the services are open."""
+        services = self._services()
+        if services is not None:
+            yield from self._repairs(services)
+            yield from self._projection(services)
         yield from self._sync()
         yield from self._retention()
 
-    def _repairs(self) -> Iterator[Metric]:
-        repairs = self._app[STORE].repairs if STORE in self._app else []
+    def _repairs(self, services: Services) -> Iterator[Metric]:
+        repairs = services.store.repairs
         torn = [r for r in repairs if r.kind == TORN]
         yield CounterMetricFamily(
             "tlink_log_torn_tails_repaired", "Torn log tails moved to a .torn quarantine file at start-up.",
@@ -173,10 +180,8 @@ class StateCollector(Collector):
             value=len(repairs) - len(torn),
         )  # fmt: skip
 
-    def _projection(self) -> Iterator[Metric]:
-        projector = self._app.get(PROJECTOR)
-        if projector is None:
-            return
+    def _projection(self, services: Services) -> Iterator[Metric]:
+        projector = services.projector
         stats = projector.stats
         yield GaugeMetricFamily(
             "tlink_projection_devices_behind", "Devices whose log is ahead of the read models.", value=projector.behind
@@ -212,9 +217,7 @@ class StateCollector(Collector):
         )  # fmt: skip
 
     def _sync(self) -> Iterator[Metric]:
-        stats = self._app.get(SYNC_STATS)
-        if stats is None:
-            return
+        stats = self._sync_stats
         runs = CounterMetricFamily("tlink_sync_runs", "Finished TLINK sync runs, by outcome.", labels=["outcome"])
         for outcome, count in stats.runs.items():
             runs.add_metric([outcome], count)
@@ -244,9 +247,7 @@ class StateCollector(Collector):
             )  # fmt: skip
 
     def _retention(self) -> Iterator[Metric]:
-        stats = self._app.get(RETENTION_STATS)
-        if stats is None:
-            return
+        stats = self._retention_stats
         runs = CounterMetricFamily("tlink_retention_runs", "Finished retention passes, by outcome.", labels=["outcome"])
         runs.add_metric(["ok"], stats.runs)
         runs.add_metric(["failed"], stats.failed_runs)
@@ -271,39 +272,8 @@ def _wall_clock(loop_time: float) -> float:
     return time.time() - (time.monotonic() - loop_time)
 
 
-METRICS = web.AppKey("metrics", Metrics)
-
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count and time webhook pushes by outcome; other paths pass through untouched."""
-    if request.path != WEBHOOK_PATH or request.method != "POST":
-        return await handler(request)
-    metrics = request.app[METRICS]
-    started = time.perf_counter()
-    try:
-        # The error middleware runs inside this one (see create_app), so errors have become
-        # their answers and the status counted is the one the client gets.
-        response = await handler(request)
-    except web.HTTPException as exc:  # a non-error HTTP exception passes through error_middleware
-        metrics.observe_push(request, exc.status, time.perf_counter() - started)
-        raise
-    metrics.observe_push(request, response.status, time.perf_counter() - started)
-    return response
-
-
-async def _watch_sync_runs(app: web.Application) -> None:
-    """Subscribe to finished sync runs, whichever order create_app set things up in."""
-    stats = app.get(SYNC_STATS)
-    if stats is not None:
-        stats.observers.append(app[METRICS].observe_sync)
-
-
-def setup(app: web.Application) -> None:
-    """Create the app's metrics and serve them at /metrics."""
+def new_metrics(services: Callable[[], Services | None], sync: SyncStats, retention: RetentionStats) -> Metrics:
+    """The metrics of one app."""
     # The `_created` series double the output and Prometheus ignores them in text format.
     disable_created_metrics()  # type: ignore[no-untyped-call]
-    app[METRICS] = Metrics(app)
-    app.router.add_get(METRICS_PATH, make_aiohttp_handler(app[METRICS].registry))
-    # First in on_startup, before the cleanup contexts start the scheduler and its first run.
-    app.on_startup.insert(0, _watch_sync_runs)
+    return Metrics(services, sync, retention)

@@ -1,0 +1,101 @@
+"""The composition root: every long-lived object of the service is built here, from the settings.
+
+`open_services` builds the whole write side and opens it as one async context: the
+database pool, the log store (taking the log root's writer lock and repairing torn
+tails), the recorder, the projector, the ingestor, the dead-letter folder, and the TLINK
+client and sync on their own HTTP session. The web app (`service.http.app`), `tlink-push
+sync` and the tests use it; a test may hand it another recorder (the in-memory one).
+
+`open_database` opens the database alone, for the commands that work on the log files
+and the database directly while the service is stopped or alongside it (replay, rebuild,
+prune, verify): they must not take the writer lock a running service holds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+
+from eventlog.deadletter import DeadLetters
+from eventlog.recovery import Repair
+from eventlog.store import FlushObserver, LogStore
+from projections.db import Database, connect
+from projections.projector import Projector
+from projections.recorder import Recorder
+from projections.sql_recorder import SqlRecorder
+from service.config import Settings
+from service.ingest import Ingestor
+from service.jobs.sync import SyncStats, TlinkSync, build_sync
+
+log = logging.getLogger("tlink.app")
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """The service's long-lived objects, open for as long as the context of `open_services` lasts."""
+
+    settings: Settings
+    db: Database
+    store: LogStore
+    recorder: Recorder
+    projector: Projector
+    ingestor: Ingestor
+    dead_letters: DeadLetters
+    sync: TlinkSync  # runs only when the settings configure it (Settings.sync_problem)
+
+
+@asynccontextmanager
+async def open_database(settings: Settings, *, create: bool = True) -> AsyncIterator[Database]:
+    """The database of DATABASE_URL (with `create`, made if missing), closed afterwards."""
+    db = await connect(settings.DATABASE_URL, create=create, maxsize=settings.DB_POOL_SIZE)
+    try:
+        yield db
+    finally:
+        await db.close()
+
+
+@asynccontextmanager
+async def open_services(
+    settings: Settings,
+    *,
+    recorder: Recorder | None = None,
+    on_flush: FlushObserver | None = None,
+    sync_stats: SyncStats | None = None,
+) -> AsyncIterator[Services]:
+    """Build and open everything; on leaving, in-flight appends finish, then the projector and the database stop.
+
+    `recorder`: where projected rows go (default: the SQL recorder on the database).
+    `on_flush` hears of every group commit, `sync_stats` counts the sync's runs (both for metrics).
+    """
+    async with open_database(settings) as db, aiohttp.ClientSession() as session:
+        store = LogStore(settings.SYNC_LOG_DIR, on_flush=on_flush)
+        projector: Projector | None = None
+        try:
+            for repair in await store.open():
+                _log_repair(repair)
+            recorder = recorder or SqlRecorder(db, auto_schema=settings.AUTO_APPLY_SCHEMA)
+            projector = Projector(recorder, settings.SYNC_LOG_DIR, store)
+            await projector.start()
+            ingestor = Ingestor(
+                store, projector, recorder, settings.MAX_SAMPLES_PER_PUSH, settings.MAX_SENSORS_PER_DEVICE
+            )
+            sync = build_sync(settings, session, ingestor, db, sync_stats or SyncStats())
+            yield Services(settings, db, store, recorder, projector, ingestor, DeadLetters(settings.SYNC_LOG_DIR), sync)
+        finally:
+            await store.close()  # in-flight appends finish first: they were (or will be) answered
+            if projector is not None:
+                await projector.stop()
+
+
+def _log_repair(repair: Repair) -> None:
+    log.warning(
+        repair.message,
+        extra={
+            "file": str(repair.path), "quarantine": str(repair.quarantine), "bytes": repair.moved_bytes,
+            "kind": repair.kind, "reason": repair.reason,
+        },
+    )  # fmt: skip
