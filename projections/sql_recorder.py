@@ -150,7 +150,7 @@ class Statements:
         )  # fmt: skip
 
 
-def _flag(value: bool | None) -> int | None:
+def _flag_int(value: bool | None) -> int | None:
     return None if value is None else int(value)
 
 
@@ -172,7 +172,7 @@ ROW_BUILDERS: dict[str, Callable[[Changes], Rows]] = {
     ],
     "device_meta": lambda changes: [
         (m.device_id, user_uuid(m.tlink_user_id), m.tlink_user_id, m.event_id, m.device_name, m.device_no,
-         m.group_id, m.lat, m.lng, _flag(m.is_line), m.meta_updated_at) for m in changes.device_meta.values()
+         m.group_id, m.lat, m.lng, _flag_int(m.is_line), m.meta_updated_at) for m in changes.device_meta.values()
     ],
     "device_push": lambda changes: [
         (p.device_id, user_uuid(p.tlink_user_id), p.tlink_user_id, p.event_id, p.parent_user_id,
@@ -184,12 +184,12 @@ ROW_BUILDERS: dict[str, Callable[[Changes], Rows]] = {
     ],
     "sensor_latest": lambda changes: [
         (s.sensor_id, s.device_id, s.sensor_type_id, s.unit, s.reading.value, s.reading.raw_value,
-         s.reading.sensor_timestamp, _flag(s.reading.is_alarm), _flag(s.reading.is_line),
+         s.reading.sensor_timestamp, _flag_int(s.reading.is_alarm), _flag_int(s.reading.is_line),
          s.reading.recorded_at) for s in changes.sensor_latest.values()
     ],
     "readings": lambda changes: [
         (r.sensor_id, r.recorded_at, device_id, r.sensor_timestamp, r.value, r.raw_value,
-         _flag(r.is_alarm), _flag(r.is_line), event_id) for device_id, r, event_id in changes.readings.values()
+         _flag_int(r.is_alarm), _flag_int(r.is_line), event_id) for device_id, r, event_id in changes.readings.values()
     ],
     "users": lambda changes: [
         (user_uuid(u.tlink_user_id), u.tlink_user_id, u.parent_user_id, u.parent_event_id, u.updated_at)

@@ -1,13 +1,14 @@
 """The read side's SQL: users, devices and sensors from the read models (history: projections.history).
 
-Plain queries, one function each, returning frozen rows with values normalized across
-backends (SQLite gives datetimes as text, MySQL as datetime objects).
+Plain queries, one function each, returning frozen views with values normalized across
+backends (SQLite gives datetimes as text, MySQL as datetime objects). A view's fields
+are named as its table's columns, and the queries select exactly them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -62,7 +63,7 @@ def platform_time(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value))
 
 
-def _flag(value: Any) -> bool | None:
+def _bool(value: Any) -> bool | None:
     return None if value is None else bool(value)
 
 
@@ -74,39 +75,45 @@ def _int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+# How a stored value becomes a view's value, by the type a view's field declares. A view's
+# fields are named as the columns they are read from, so each view's SELECT list and the
+# making of its rows come from the view itself.
+_READERS: dict[str, Any] = {
+    "int": int, "int | None": _int, "str | None": _text, "bool | None": _bool, "datetime | None": platform_time,
+}  # fmt: skip
+
+
+class _Columns:
+    """The SELECT list of a view and the making of a view from a row of it."""
+
+    def __init__(self, view: type[Any]) -> None:
+        self.view = view
+        self.names = [f.name for f in fields(view)]
+        self._readers = [_READERS[str(f.type)] for f in fields(view)]
+        self.sql = ", ".join(self.names)
+
+    def make(self, row: Row) -> Any:
+        """The view of one row of this SELECT list."""
+        return self.view(*(read(value) for read, value in zip(self._readers, row, strict=True)))
+
+
+_USER = _Columns(UserView)
+_DEVICE = _Columns(DeviceView)
+_SENSOR = _Columns(SensorView)
+
+
 async def find_user(db: Database, tlink_user_id: int) -> UserView | None:
     """The user with this TLINK id."""
-    sql = "SELECT tlink_user_id, parent_user_id FROM users WHERE tlink_user_id = %s"
-    rows = await db.fetchall(sql, [tlink_user_id])
-    return UserView(int(rows[0][0]), _text(rows[0][1])) if rows else None
-
-
-_DEVICE_COLUMNS = (
-    "device_id, tlink_user_id, parent_user_id, device_name, device_no, group_id, lat, lng, last_flag, last_push_time"
-)
-
-
-def _device(row: Row) -> DeviceView:
-    return DeviceView(
-        device_id=int(row[0]),
-        tlink_user_id=int(row[1]),
-        parent_user_id=_text(row[2]),
-        device_name=_text(row[3]),
-        device_no=_text(row[4]),
-        group_id=_int(row[5]),
-        lat=_text(row[6]),
-        lng=_text(row[7]),
-        last_flag=_text(row[8]),
-        last_push_time=platform_time(row[9]),
-    )
+    rows = await db.fetchall(f"SELECT {_USER.sql} FROM users WHERE tlink_user_id = %s", [tlink_user_id])
+    return _USER.make(rows[0]) if rows else None
 
 
 async def find_device(db: Database, tlink_user_id: int, device_id: int) -> DeviceView | None:
     """The device, if it is this user's."""
     rows = await db.fetchall(
-        f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = %s AND tlink_user_id = %s", [device_id, tlink_user_id]
+        f"SELECT {_DEVICE.sql} FROM devices WHERE device_id = %s AND tlink_user_id = %s", [device_id, tlink_user_id]
     )
-    return _device(rows[0]) if rows else None
+    return _DEVICE.make(rows[0]) if rows else None
 
 
 async def count_devices(db: Database, tlink_user_id: int) -> int:
@@ -118,10 +125,10 @@ async def count_devices(db: Database, tlink_user_id: int) -> int:
 async def list_devices(db: Database, tlink_user_id: int, limit: int, offset: int) -> list[DeviceView]:
     """One page of the user's devices, by device id."""
     rows = await db.fetchall(
-        f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE tlink_user_id = %s ORDER BY device_id LIMIT %s OFFSET %s",
+        f"SELECT {_DEVICE.sql} FROM devices WHERE tlink_user_id = %s ORDER BY device_id LIMIT %s OFFSET %s",
         [tlink_user_id, limit, offset],
     )
-    return [_device(r) for r in rows]
+    return [_DEVICE.make(r) for r in rows]
 
 
 async def sensors_of(db: Database, device_ids: Sequence[int]) -> dict[int, list[SensorView]]:
@@ -130,25 +137,11 @@ async def sensors_of(db: Database, device_ids: Sequence[int]) -> dict[int, list[
     if not device_ids:
         return result
     rows = await db.fetchall(
-        "SELECT sensor_id, device_id, sensor_name, sensor_type_id, unit, latest_value, latest_raw_value,"
-        " latest_recorded_at, latest_sensor_timestamp, is_alarm, is_line FROM sensors"
-        f" WHERE device_id IN ({placeholders(len(device_ids))})"
+        f"SELECT {_SENSOR.sql} FROM sensors WHERE device_id IN ({placeholders(len(device_ids))})"
         " ORDER BY device_id, COALESCE(ordernum, 2147483647), sensor_id",
         list(device_ids),
     )
-    for r in rows:
-        sensor = SensorView(
-            sensor_id=int(r[0]),
-            device_id=int(r[1]),
-            sensor_name=_text(r[2]),
-            sensor_type_id=_int(r[3]),
-            unit=_text(r[4]),
-            latest_value=_text(r[5]),
-            latest_raw_value=_text(r[6]),
-            latest_recorded_at=platform_time(r[7]),
-            latest_sensor_timestamp=_text(r[8]),
-            is_alarm=_flag(r[9]),
-            is_line=_flag(r[10]),
-        )
+    for row in rows:
+        sensor = _SENSOR.make(row)
         result[sensor.device_id].append(sensor)
     return result

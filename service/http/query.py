@@ -133,7 +133,7 @@ def history_limit(request: web.Request, default: int, maximum: int) -> int:
     return value
 
 
-def _time(request: web.Request, param: Param) -> datetime | None:
+def _platform_time_param(request: web.Request, param: Param) -> datetime | None:
     text = request.query.get(param.name)
     if text is None:
         return None
@@ -148,7 +148,7 @@ def _time(request: web.Request, param: Param) -> datetime | None:
 
 def window(request: web.Request) -> Window:
     """The [startTime, endTime] window; 400 if start is after end."""
-    start, end = _time(request, START_TIME), _time(request, END_TIME)
+    start, end = _platform_time_param(request, START_TIME), _platform_time_param(request, END_TIME)
     if start is not None and end is not None and start > end:
         raise ApiError(400, f"startTime ({start:%Y-%m-%d %H:%M:%S}) is after endTime ({end:%Y-%m-%d %H:%M:%S})")
     return Window(start, end)
