@@ -288,18 +288,24 @@ class Projector:
                 continue
             pos = self._positions.get(device_id)
             start = (pos.day, pos.byte_count, pos.line_count) if pos else (None, 0, 0)
-            day, end, lines = ends.get(device_id) or start
-            if a.day == day and a.offset == end:
-                line_no = lines + 1
-            elif a.offset == 0 and (day is None or (a.day > day and self._file_size(device_id, day) == end)):
-                line_no = 1
-            else:
+            line_no = self._line_no_after(a, *(ends.get(device_id) or start))
+            if line_no is None:
                 self._behind.add(device_id)
                 placed = [p for p in placed if p.event.device_id != device_id]
                 continue
             placed.append(Placed(a.event, a.day, line_no, a.offset, a.length, a.hash, item.staged.parsed))
             ends[device_id] = (a.day, a.end, line_no)
         return placed
+
+    def _line_no_after(self, a: Appended, day: str | None, end: int, lines: int) -> int | None:
+        """The line number of `a` if its line directly follows a log ending at (day, end) after `lines`
+        lines of that day (the next line of the file, or the first of a newer day's file once that file
+        ended there); None if it does not."""
+        if a.day == day and a.offset == end:
+            return lines + 1
+        if a.offset == 0 and (day is None or (a.day > day and self._file_size(a.event.device_id, day) == end)):
+            return 1
+        return None
 
     async def _catch_up_batch(self) -> None:
         """The catch-up path: the next lines of the devices behind, read from their files from their positions."""
