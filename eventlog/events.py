@@ -17,7 +17,9 @@ ZERO_HASH = "0" * 64
 PUSH = "push"
 SYNC = "sync"
 SYNC_FAILED = "sync_failed"
-EVENT_TYPES = frozenset({PUSH, SYNC, SYNC_FAILED})
+BACKFILL = "backfill"  # one answered page of the vendor's sensor history
+BACKFILL_FAILED = "backfill_failed"  # a history call the vendor refused or did not answer
+EVENT_TYPES = frozenset({PUSH, SYNC, SYNC_FAILED, BACKFILL, BACKFILL_FAILED})
 
 
 class EventLogError(Exception):
@@ -30,7 +32,11 @@ class BadLine(EventLogError):
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One immutable fact: a push body or a synced device object, as received."""
+    """One immutable fact: a push body, a synced device object or a history page, as received.
+
+    `request`: what the service asked the vendor for to get `body` (a backfill's sensor,
+    window and paging state); None for what the vendor sent by itself.
+    """
 
     id: str
     type: str
@@ -38,6 +44,7 @@ class Event:
     device_id: int
     user_id: int
     body: dict[str, Any]
+    request: dict[str, Any] | None = None
 
     @property
     def day(self) -> str:
@@ -103,19 +110,20 @@ def body_digest(body: dict[str, Any]) -> str:
 
 
 def encode_line(event: Event, prev: str) -> bytes:
-    """The event as one JSON line (without the newline), chained to `prev`."""
-    return orjson.dumps(
-        {
-            "v": FORMAT_VERSION,
-            "id": event.id,
-            "type": event.type,
-            "receivedAt": format_instant(event.received_at),
-            "deviceId": event.device_id,
-            "userId": event.user_id,
-            "prev": prev,
-            "body": event.body,
-        }
-    )
+    """The event as one JSON line (without the newline), chained to `prev`; `request` only when there is one."""
+    doc = {
+        "v": FORMAT_VERSION,
+        "id": event.id,
+        "type": event.type,
+        "receivedAt": format_instant(event.received_at),
+        "deviceId": event.device_id,
+        "userId": event.user_id,
+        "prev": prev,
+        "body": event.body,
+    }
+    if event.request is not None:
+        doc["request"] = event.request
+    return orjson.dumps(doc)
 
 
 def decode_line(line: bytes) -> tuple[Event, str]:
@@ -129,12 +137,15 @@ def decode_line(line: bytes) -> tuple[Event, str]:
             device_id=_int(doc["deviceId"]),
             user_id=_int(doc["userId"]),
             body=doc["body"],
+            request=doc.get("request"),
         )
         prev = doc["prev"]
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise BadLine(f"not a valid event line: {exc}") from exc
     if not isinstance(event.body, dict) or not isinstance(prev, str) or len(prev) != 64:
         raise BadLine("not a valid event line: body must be an object and prev a sha256")
+    if event.request is not None and not isinstance(event.request, dict):
+        raise BadLine("not a valid event line: request must be an object")
     return event, prev
 
 

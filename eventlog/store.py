@@ -231,14 +231,16 @@ class LogStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def new_event(self, type_: str, device_id: int, user_id: int, body: dict[str, Any]) -> Event:
+    def new_event(
+        self, type_: str, device_id: int, user_id: int, body: dict[str, Any], request: dict[str, Any] | None = None
+    ) -> Event:
         """An event stamped now; stamps never go backwards, so queue order is time order."""
         now = self._clock()
         if self._last_instant is not None and now < self._last_instant:
             now = self._last_instant
         self._last_instant = now
         ms = int(now.timestamp() * 1000)
-        return Event(new_event_id(ms), type_, now, device_id, user_id, body)
+        return Event(new_event_id(ms), type_, now, device_id, user_id, body, request)
 
     async def append(self, event: Event) -> Appended:
         """Append one event; returns once its line is durable (LogUnavailable otherwise)."""

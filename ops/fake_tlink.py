@@ -19,6 +19,18 @@ Routes:
   User 385 gets ``sync_page<currPage>.json`` as stored (whatever the pageSize), any
   other user an empty ``dataList`` with ``pages`` 0; ``pageSize`` over 100 gets
   flag "01"; a missing, unknown or expired bearer token gets 401.
+- ``GET`` and ``POST /api/device/getSensorHistroy`` (§2.4): one sensor's generated history
+  (see ``POST /_history``) in the ``startDate``..``endDate`` window, newest first,
+  ``pageSize`` (at most 100) readings a page, ``nextPage`` a cursor to pass back as
+  ``pagingState`` (``""`` on the last page). Past ``history_quota`` calls for a sensor in a
+  UTC day (50, as the vendor) every call is answered flag "01".
+- ``POST /_history``: generate a sensor's history, for example
+  ``{"sensorId": 11, "start": "2026-05-01 08:00:00", "end": "2026-05-01 12:00:00", "everySeconds": 60}``
+  (one reading every ``everySeconds``, value ``base`` + minutes, ``base`` default 100).
+- ``POST /_push``: push a generated history to a webhook as the platform would, one push
+  per reading, leaving out ``dropFrom``..``dropTo`` (to make a gap), for example
+  ``{"webhook": "http://127.0.0.1:5000/api/webhooks/tlink", "deviceId": 2864, "userId": 385,
+  "sensorId": 11, "dropFrom": "2026-05-01 09:00:00", "dropTo": "2026-05-01 09:59:59"}``.
 - ``GET /_control``: the switches and request counts.
 - ``POST /_control``: set switches from a JSON object, for example
   ``curl -X POST localhost:8090/_control -d '{"delay_seconds": 5, "fail_with_500": 2}'``.
@@ -26,7 +38,8 @@ Routes:
 Switches (see ``SWITCHES``): ``expires_in`` (lifetime of new tokens, seconds),
 ``fail_next_api_with_401`` (count), ``fail_with_500`` (count), ``fail_refresh_grant``
 (count of refresh_token grants refused), ``flag01`` (answer every API call with the
-flag "01" fixture), ``delay_seconds`` (sleep before answering an API call).
+flag "01" fixture), ``delay_seconds`` (sleep before answering an API call), ``history_quota``
+(history calls per sensor per UTC day before flag "01").
 
 Tests build the app with ``make_fake_tlink_app(fixtures_dir)`` and reach the state
 through ``app[FAKE_TLINK_STATE]``.
@@ -43,10 +56,11 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import web
 
@@ -55,7 +69,12 @@ from service.jobs.tlink_client import MAX_PAGE_SIZE, parse_json
 FIXTURE_USER_ID = 385
 TOKEN_PATH = "/oauth/token"
 SENSOR_DATA_PATH = "/api/device/getDeviceSensorDatas"
+HISTORY_PATH = "/api/device/getSensorHistroy"
 CONTROL_PATH = "/_control"
+HISTORY_CONTROL_PATH = "/_history"
+PUSH_CONTROL_PATH = "/_push"
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+VENDOR_QUOTA = 50
 DEFAULT_FIXTURES_DIR = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 
 # Switch name -> accepted JSON type; the only fields POST /_control may change.
@@ -66,6 +85,7 @@ SWITCHES: dict[str, type] = {
     "fail_refresh_grant": int,
     "flag01": bool,
     "delay_seconds": float,
+    "history_quota": int,
 }
 
 
@@ -96,6 +116,10 @@ class FakeTlinkState:
     fail_refresh_grant: int = 0
     flag01: bool = False
     delay_seconds: float = 0.0
+    history_quota: int = VENDOR_QUOTA
+    # Each sensor's stored history: reading time -> value.
+    histories: dict[int, dict[datetime, str]] = field(default_factory=dict)
+    history_calls: Counter[tuple[int, str]] = field(default_factory=Counter)  # (sensor, UTC day) -> calls
     # Issued tokens: only the latest pair is good.
     access_token: str | None = None
     refresh_token: str | None = None
@@ -126,6 +150,44 @@ class FakeTlinkState:
 
     def accepts(self, bearer: str | None) -> bool:
         return bearer is not None and bearer == self.access_token and self.clock() < self.access_expires_at
+
+    def generate_history(self, sensor_id: int, start: datetime, end: datetime, every: int, base: float = 100.0) -> int:
+        """Readings every `every` seconds from `start` to `end` (inclusive): value `base` + minutes since start."""
+        readings = self.histories.setdefault(sensor_id, {})
+        moment, made = start, 0
+        while moment <= end:
+            readings[moment] = f"{base + (moment - start).total_seconds() / 60:.4f}"
+            moment += timedelta(seconds=every)
+            made += 1
+        return made
+
+    def history_page(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The answer of one getSensorHistroy call (its quota counted)."""
+        sensor_id, size = body.get("sensorId"), body.get("pageSize", 100)
+        if not isinstance(sensor_id, int) or not isinstance(size, int) or not 0 < size <= MAX_PAGE_SIZE:
+            return {"flag": "01", "msg": "sensorId and a pageSize of 1 to 100 are required"}
+        day = datetime.now(UTC).strftime("%Y-%m-%d")
+        self.history_calls[(sensor_id, day)] += 1
+        if self.history_calls[(sensor_id, day)] > self.history_quota:
+            return {"flag": "01", "msg": f"sensor {sensor_id} has used its {self.history_quota} history calls today"}
+        try:
+            start = datetime.strptime(str(body.get("startDate")), TIME_FORMAT)
+            end = datetime.strptime(str(body.get("endDate")), TIME_FORMAT)
+            offset = int(str(body.get("pagingState") or "0x0"), 16)
+        except ValueError:
+            return {"flag": "01", "msg": "startDate, endDate must be YYYY-MM-DD HH:MM:SS, pagingState a cursor"}
+        found = sorted((m for m in self.histories.get(sensor_id, {}) if start <= m <= end), reverse=True)
+        page = found[offset : offset + size]
+        more = offset + size < len(found)
+        return {
+            "flag": "00", "msg": "", "sensorId": sensor_id, "sensorName": f"Sensor {sensor_id}", "unit": "mm",
+            "sensorTypeId": 1, "deviceName": "Tank", "nextPage": f"0x{offset + size:08x}" if more else "",
+            "dataList": [
+                {"addTime": m.strftime(TIME_FORMAT), "val": self.histories[sensor_id][m], "lat": "", "lng": "",
+                 "switcher": ""}
+                for m in page
+            ],
+        }  # fmt: skip
 
     def take(self, counter: str) -> bool:
         """Use up one unit of a count switch; True when one was left."""
@@ -239,6 +301,24 @@ async def device_sensor_datas(request: web.Request) -> web.Response:
     return json_response(sensor_datas_answer(request.app[FIXTURES_DIR], state, body))
 
 
+async def sensor_history(request: web.Request) -> web.Response:
+    state = request.app[FAKE_TLINK_STATE]
+    body = await read_json_body(request)
+    bearer = bearer_token(request)
+    state.api_calls.append(ApiCall(request.method, request.path, dict(request.headers), body, bearer))
+    if state.delay_seconds > 0:
+        await asyncio.sleep(state.delay_seconds)
+    if state.take("fail_with_500"):
+        return spring_error(request, 500, "Internal Server Error", "fake TLINK failure (fail_with_500)")
+    if state.take("fail_next_api_with_401") or not state.accepts(bearer):
+        return spring_error(request, 401, "Unauthorized", "Full authentication is required")
+    if not isinstance(body, dict):
+        return spring_error(request, 400, "Bad Request", "Required request body is missing")
+    if state.flag01:
+        return json_response(load_fixture(request.app[FIXTURES_DIR], "sync_error_flag01.json"))
+    return json_response(state.history_page(body))
+
+
 def sensor_datas_answer(fixtures_dir: Path, state: FakeTlinkState, body: dict[str, Any]) -> Any:
     page_size = body.get("pageSize", 10)
     if state.flag01 or not isinstance(page_size, int) or page_size > MAX_PAGE_SIZE:
@@ -291,6 +371,63 @@ async def set_control(request: web.Request) -> web.Response:
     return json_response({"switches": state.switches()})
 
 
+async def set_history(request: web.Request) -> web.Response:
+    state = request.app[FAKE_TLINK_STATE]
+    body = await read_json_body(request)
+    try:
+        sensor_id, every = int(body["sensorId"]), int(body.get("everySeconds", 60))
+        start = datetime.strptime(body["start"], TIME_FORMAT)
+        end = datetime.strptime(body["end"], TIME_FORMAT)
+        base = float(body.get("base", 100.0))
+    except (KeyError, TypeError, ValueError) as exc:
+        return spring_error(request, 400, "Bad Request", f"sensorId, start, end (YYYY-MM-DD HH:MM:SS) needed: {exc}")
+    if every < 1:
+        return spring_error(request, 400, "Bad Request", "everySeconds must be at least 1")
+    made = state.generate_history(sensor_id, start, end, every, base)
+    return json_response({"sensorId": sensor_id, "generated": made, "stored": len(state.histories[sensor_id])})
+
+
+def push_body(device_id: int, user_id: int, sensor_id: int, moment: datetime, value: str) -> dict[str, Any]:
+    """A push of one reading, as the platform sends it."""
+    return {
+        "flag": "00", "deviceUserid": user_id, "parentUserId": "", "deviceId": device_id,
+        "time": moment.strftime(TIME_FORMAT),
+        "sensorsDates": [{"sensorsId": sensor_id, "value": value, "reVal": value, "times": moment.strftime("%H:%M:%S"),
+                          "isAlarm": "0", "isLine": 1, "sensorsTypeId": 1}],
+    }  # fmt: skip
+
+
+def pushes(state: FakeTlinkState, device_id: int, user_id: int, sensor_id: int,
+           drop: tuple[datetime, datetime] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """The pushes of a sensor's generated history, oldest first, those in `drop` left out."""
+    history = state.histories.get(sensor_id, {})
+    return [
+        push_body(device_id, user_id, sensor_id, moment, history[moment])
+        for moment in sorted(history)
+        if drop is None or not drop[0] <= moment <= drop[1]
+    ]
+
+
+async def push_history(request: web.Request) -> web.Response:
+    state = request.app[FAKE_TLINK_STATE]
+    body = await read_json_body(request)
+    try:
+        webhook, device_id, user_id = str(body["webhook"]), int(body["deviceId"]), int(body["userId"])
+        sensor_id = int(body["sensorId"])
+        drop = None
+        if body.get("dropFrom"):
+            drop = (datetime.strptime(body["dropFrom"], TIME_FORMAT), datetime.strptime(body["dropTo"], TIME_FORMAT))
+    except (KeyError, TypeError, ValueError) as exc:
+        return spring_error(request, 400, "Bad Request", f"webhook, deviceId, userId, sensorId needed: {exc}")
+    sent = refused = 0
+    async with aiohttp.ClientSession() as session:
+        for push in pushes(state, device_id, user_id, sensor_id, drop):
+            async with session.post(webhook, json=push, ssl=False) as answer:
+                sent += 1
+                refused += answer.status != 200
+    return json_response({"pushed": sent, "refused": refused})
+
+
 def switch_problem(name: str, value: Any) -> str | None:
     expected = SWITCHES.get(name)
     if expected is None:
@@ -323,6 +460,10 @@ def make_fake_tlink_app(fixtures_dir: Path, *, state: FakeTlinkState | None = No
     app.router.add_post(TOKEN_PATH, token)
     app.router.add_get(SENSOR_DATA_PATH, device_sensor_datas)
     app.router.add_post(SENSOR_DATA_PATH, device_sensor_datas)
+    app.router.add_get(HISTORY_PATH, sensor_history)
+    app.router.add_post(HISTORY_PATH, sensor_history)
+    app.router.add_post(HISTORY_CONTROL_PATH, set_history)
+    app.router.add_post(PUSH_CONTROL_PATH, push_history)
     app.router.add_get(CONTROL_PATH, show_control)
     app.router.add_post(CONTROL_PATH, set_control)
     return app

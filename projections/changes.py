@@ -268,10 +268,11 @@ def _add_event(changes: Changes, spans: dict[tuple[int, str, int], list[Any]], p
         for reading in readings:
             entry = types.get(reading.sensor_id, {})
             _add_reading(changes, event, reading, _int_or_none(entry.get("sensorsTypeId")), entry.get("unit"))
-    elif event.type == SYNC:
-        _put(changes.device_meta, event.device_id, _device_meta_row(event), merge_device_meta)
-        for meta in _sensor_meta_rows(event):
-            _put(changes.sensor_meta, (meta.device_id, meta.sensor_id), meta, merge_sensor_meta)
+    else:  # a sync's device object, a backfill's history page (readings without type or unit), a failure
+        if event.type == SYNC:
+            _put(changes.device_meta, event.device_id, _device_meta_row(event), merge_device_meta)
+            for meta in _sensor_meta_rows(event):
+                _put(changes.sensor_meta, (meta.device_id, meta.sensor_id), meta, merge_sensor_meta)
         for reading in readings:
             _add_reading(changes, event, reading, None, None)
     block_no = (placed.line_no - 1) // BLOCK_LINES

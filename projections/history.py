@@ -26,12 +26,13 @@ from typing import IO, Any, Protocol
 
 import orjson
 
-from eventlog.events import PUSH, SYNC
+from eventlog.events import BACKFILL, PUSH, SYNC
 from eventlog.files import LogEnd, LogView, device_days, log_path
 from projections.db import Database, Row
 from projections.readings import (
     InvalidBody,
     Reading,
+    backfill_readings,
     cached_reading_time,
     parse_id,
     parse_platform_time,
@@ -305,8 +306,9 @@ def _scan_line(topk: _TopK, point: LogPoint, raw: bytes) -> None:
         kind, body = doc["type"], doc["body"]
         if kind == PUSH:
             _scan_push(topk, point, body)
-        elif kind == SYNC:
-            for reading in sync_readings(body):
+        elif kind in (SYNC, BACKFILL):
+            found = sync_readings(body) if kind == SYNC else backfill_readings(body, doc.get("request"))
+            for reading in found:
                 if topk.wants(reading.sensor_id, reading.recorded_at):
                     topk.offer(point, reading)
     except (orjson.JSONDecodeError, InvalidBody, KeyError, TypeError, ValueError):

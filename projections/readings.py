@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any, NamedTuple
 
-from eventlog.events import PUSH, SYNC, Event, EventLogError
+from eventlog.events import BACKFILL, PUSH, SYNC, Event, EventLogError
 
 # ---------------------------------------------------------------- limits
 # What a push may carry into the read models. parse_push checks every value that reaches
@@ -354,6 +354,29 @@ def sync_readings(body: dict[str, Any]) -> list[Reading]:
     return readings
 
 
+def backfill_readings(body: dict[str, Any], request: dict[str, Any] | None) -> list[Reading]:
+    """Readings of one page of a sensor's history (getSensorHistroy): one per `dataList` item.
+
+    The sensor is the one the request asked for. Read leniently like a sync: an item
+    without a usable `addTime` gives no reading, a `val` is cut to MAX_VALUE_CHARS.
+    """
+    try:
+        sensor_id = parse_id((request or {}).get("sensorId"), "sensorId")
+    except InvalidBody:
+        return []
+    readings = []
+    for item in body.get("dataList") or []:
+        if not isinstance(item, dict):
+            continue
+        try:
+            moment = parse_platform_time(item.get("addTime"), "addTime")
+        except InvalidBody:
+            continue
+        value = _cut(item.get("val"), MAX_VALUE_CHARS)
+        readings.append(Reading(sensor_id, moment, str(item["addTime"]), value, None, None, None))
+    return readings
+
+
 def _cut(value: Any, limit: int) -> str | None:
     """Lenient text: cut to `limit` characters."""
     return None if value is None else str(value)[:limit]
@@ -382,6 +405,8 @@ def read_event(event: Event) -> Parsed:
         return Parsed(parsed.readings, None, parsed.sent)
     if event.type == SYNC:
         return Parsed(sync_readings(event.body))
+    if event.type == BACKFILL:
+        return Parsed(backfill_readings(event.body, event.request))
     return Parsed([])
 
 

@@ -131,6 +131,22 @@ async def list_devices(db: Database, tlink_user_id: int, limit: int, offset: int
     return [_DEVICE.make(r) for r in rows]
 
 
+async def owned_devices(
+    db: Database, user_ids: Sequence[int] | None, device_id: int | None = None
+) -> list[tuple[int, int]]:
+    """(owner, device) of these users' devices (None: every user's), or only `device_id`, by device id."""
+    sql, params = ["SELECT tlink_user_id, device_id FROM devices WHERE 1 = 1"], []
+    if user_ids is not None:
+        if not user_ids:
+            return []
+        sql.append(f"AND tlink_user_id IN ({placeholders(len(user_ids))})")
+        params += list(user_ids)
+    if device_id is not None:
+        sql.append("AND device_id = %s")
+        params.append(device_id)
+    return [(int(r[0]), int(r[1])) for r in await db.fetchall(" ".join(sql) + " ORDER BY device_id", params)]
+
+
 async def sensors_of(db: Database, device_ids: Sequence[int]) -> dict[int, list[SensorView]]:
     """The sensors of some devices (one query), each device's in display order."""
     result: dict[int, list[SensorView]] = {d: [] for d in device_ids}

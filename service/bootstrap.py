@@ -13,6 +13,7 @@ prune, verify): they must not take the writer lock a running service holds.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,7 +30,9 @@ from projections.recorder import Recorder
 from projections.sql_recorder import SqlRecorder
 from service.config import Settings
 from service.ingest import Ingestor
-from service.jobs.sync import SyncStats, TlinkSync, build_sync
+from service.jobs.backfill import Backfill, BackfillStats, build_backfill
+from service.jobs.sync import SyncStats, TlinkSync, build_client, build_sync
+from service.jobs.tlink_client import TlinkClient
 
 log = logging.getLogger("tlink.app")
 
@@ -45,7 +48,9 @@ class Services:
     projector: Projector
     ingestor: Ingestor
     dead_letters: DeadLetters
+    tlink: TlinkClient
     sync: TlinkSync  # runs only when the settings configure it (Settings.sync_problem)
+    backfill: Backfill  # the same; it and the sync hold one lock while they run
 
 
 @asynccontextmanager
@@ -65,11 +70,12 @@ async def open_services(
     recorder: Recorder | None = None,
     on_flush: FlushObserver | None = None,
     sync_stats: SyncStats | None = None,
+    backfill_stats: BackfillStats | None = None,
 ) -> AsyncIterator[Services]:
     """Build and open everything; on leaving, in-flight appends finish, then the projector and the database stop.
 
     `recorder`: where projected rows go (default: the SQL recorder on the database).
-    `on_flush` hears of every group commit, `sync_stats` counts the sync's runs (both for metrics).
+    `on_flush` hears of every group commit, `sync_stats` and `backfill_stats` count the jobs' runs (for metrics).
     """
     async with open_database(settings) as db, aiohttp.ClientSession() as session:
         store = LogStore(settings.SYNC_LOG_DIR, on_flush=on_flush)
@@ -83,8 +89,13 @@ async def open_services(
             ingestor = Ingestor(
                 store, projector, recorder, settings.MAX_SAMPLES_PER_PUSH, settings.MAX_SENSORS_PER_DEVICE
             )
-            sync = build_sync(settings, session, ingestor, db, sync_stats or SyncStats())
-            yield Services(settings, db, store, recorder, projector, ingestor, DeadLetters(settings.SYNC_LOG_DIR), sync)
+            sync_stats = sync_stats or SyncStats()
+            tlink, pulling = build_client(settings, session, sync_stats), asyncio.Lock()
+            yield Services(
+                settings, db, store, recorder, projector, ingestor, DeadLetters(settings.SYNC_LOG_DIR), tlink,
+                build_sync(settings, tlink, ingestor, db, sync_stats, pulling),
+                build_backfill(settings, tlink, ingestor, db, backfill_stats or BackfillStats(), pulling),
+            )  # fmt: skip
         finally:
             await store.close()  # in-flight appends finish first: they were (or will be) answered
             if projector is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -81,6 +82,13 @@ class Settings(BaseSettings):
     TLINK_SYNC_INTERVAL_SECONDS: int = Field(60, ge=5)
     TLINK_SYNC_PAGE_SIZE: int = Field(10, ge=1, le=100)
     TLINK_SYNC_USER_IDS: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    TLINK_HISTORY_PATH: str = "/api/device/getSensorHistroy"  # the vendor's spelling
+    TLINK_UTC_OFFSET: str = Field("+08:00", pattern=r"^[+-](0[0-9]|1[0-4]):[0-5][0-9]$")  # the platform's clock
+    BACKFILL_ENABLED: bool = False
+    BACKFILL_INTERVAL_SECONDS: int = Field(900, ge=60)
+    BACKFILL_LOOKBACK_DAYS: int = Field(2, ge=1, le=60)
+    BACKFILL_MAX_CALLS_PER_SENSOR_PER_DAY: int = Field(40, ge=1, le=50)  # the vendor allows 50
+    BACKFILL_PAGE_SIZE: int = Field(100, ge=1, le=100)
 
     @field_validator("API_KEYS", "CORS_ALLOWED_ORIGINS", mode="before")
     @classmethod
@@ -137,6 +145,13 @@ class Settings(BaseSettings):
         if not (self.TLINK_OAUTH_USERNAME and self.TLINK_OAUTH_CLIENT_ID):
             return "TLINK_OAUTH_USERNAME and TLINK_OAUTH_CLIENT_ID (and their secrets) must be set"
         return None
+
+    @property
+    def platform_zone(self) -> timezone:
+        """The platform's clock (TLINK_UTC_OFFSET): reading times are written in it, without a zone."""
+        sign = -1 if self.TLINK_UTC_OFFSET[0] == "-" else 1
+        hours, minutes = int(self.TLINK_UTC_OFFSET[1:3]), int(self.TLINK_UTC_OFFSET[4:6])
+        return timezone(sign * timedelta(hours=hours, minutes=minutes))
 
     @property
     def sync_configured(self) -> bool:

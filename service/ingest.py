@@ -227,10 +227,17 @@ class Ingestor:
         return await self.record(SYNC, device_id, user_id, device, readings)
 
     async def record(
-        self, type_: str, device_id: int, user_id: int, body: dict[str, Any], readings: list[Reading] | None = None
+        self,
+        type_: str,
+        device_id: int,
+        user_id: int,
+        body: dict[str, Any],
+        readings: list[Reading] | None = None,
+        request: dict[str, Any] | None = None,
     ) -> Appended:
-        """Store an event of another type (for example a failed sync) and project it."""
-        event = self.store.new_event(type_, device_id, user_id, body)
+        """Store an event of another type (a failed sync, a backfill page) and project it; `readings`, when
+        given, are what the body carries, already read; `request` is what was asked to get `body`."""
+        event = self.store.new_event(type_, device_id, user_id, body, request)
         known = None if readings is None else Parsed(readings)
         appended, projection = await append_and_project(self.store, self.projector, event, known)
         await projection

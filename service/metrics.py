@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 
 from eventlog.recovery import TORN
 from service.bootstrap import Services
+from service.jobs.backfill import BackfillStats
 from service.jobs.retention import RetentionStats
 from service.jobs.sync import SyncReport, SyncStats
 
@@ -58,7 +59,11 @@ class Metrics:
     """The app's registry and the instruments observed while serving."""
 
     def __init__(
-        self, services: Callable[[], Services | None], sync: SyncStats, retention: RetentionStats
+        self,
+        services: Callable[[], Services | None],
+        sync: SyncStats,
+        retention: RetentionStats,
+        backfill: BackfillStats,
     ) -> None:
         # Per app, not the global REGISTRY, so a process (or a test) can hold many apps.
         self.registry = CollectorRegistry(auto_describe=True)
@@ -107,7 +112,7 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
-        r.register(StateCollector(services, sync, retention))
+        r.register(StateCollector(services, sync, retention, backfill))
         sync.observers.append(self.observe_sync)
         self._page = make_aiohttp_handler(r)
 
@@ -149,10 +154,17 @@ def outcome_of_status(status: int) -> str:
 class StateCollector(Collector):
     """Reads the log store's repairs, the projector's state and the jobs' stats at scrape time."""
 
-    def __init__(self, services: Callable[[], Services | None], sync: SyncStats, retention: RetentionStats) -> None:
+    def __init__(
+        self,
+        services: Callable[[], Services | None],
+        sync: SyncStats,
+        retention: RetentionStats,
+        backfill: BackfillStats,
+    ) -> None:
         self._services = services
         self._sync_stats = sync
         self._retention_stats = retention
+        self._backfill_stats = backfill
 
     def collect(self) -> Iterator[Metric]:
         """The current values; the log store's and the projector's only once the services are open."""
@@ -161,6 +173,7 @@ class StateCollector(Collector):
             yield from self._repairs(services)
             yield from self._projection(services)
         yield from self._sync()
+        yield from self._backfill()
         yield from self._retention()
 
     def _repairs(self, services: Services) -> Iterator[Metric]:
@@ -246,6 +259,36 @@ class StateCollector(Collector):
                 value=stats.last_finished_at.timestamp(),
             )  # fmt: skip
 
+    def _backfill(self) -> Iterator[Metric]:
+        stats = self._backfill_stats
+        runs = CounterMetricFamily("tlink_backfill_runs", "Finished backfill runs, by outcome.", labels=["outcome"])
+        for outcome, count in stats.runs.items():
+            runs.add_metric([outcome], count)
+        yield runs
+        calls = CounterMetricFamily(
+            "tlink_backfill_calls", "getSensorHistroy calls, by outcome (ok, refused, failed: no answer).",
+            labels=["outcome"],
+        )  # fmt: skip
+        for outcome, count in stats.calls.items():
+            calls.add_metric([outcome], count)
+        yield calls
+        yield CounterMetricFamily(
+            "tlink_backfill_readings_recovered", "Readings inside gaps brought by backfill pages.",
+            value=stats.recovered,
+        )
+        yield CounterMetricFamily(
+            "tlink_backfill_quota_refusals",
+            "Gaps left for a later day because their sensor's calls of the day (BACKFILL_MAX_CALLS_PER_SENSOR_PER_DAY)"
+            " were used up.",
+            value=stats.quota_refusals,
+        )
+        yield GaugeMetricFamily(
+            "tlink_backfill_open_gaps", "Gaps the last backfill run left to be asked.", value=stats.open_gaps
+        )
+        yield GaugeMetricFamily(
+            "tlink_backfill_running", "1 while a backfill run is in progress.", value=int(stats.running)
+        )
+
     def _retention(self) -> Iterator[Metric]:
         stats = self._retention_stats
         runs = CounterMetricFamily("tlink_retention_runs", "Finished retention passes, by outcome.", labels=["outcome"])
@@ -272,8 +315,10 @@ def _wall_clock(loop_time: float) -> float:
     return time.time() - (time.monotonic() - loop_time)
 
 
-def new_metrics(services: Callable[[], Services | None], sync: SyncStats, retention: RetentionStats) -> Metrics:
+def new_metrics(
+    services: Callable[[], Services | None], sync: SyncStats, retention: RetentionStats, backfill: BackfillStats
+) -> Metrics:
     """The metrics of one app."""
     # The `_created` series double the output and Prometheus ignores them in text format.
     disable_created_metrics()  # type: ignore[no-untyped-call]
-    return Metrics(services, sync, retention)
+    return Metrics(services, sync, retention, backfill)

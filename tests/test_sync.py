@@ -29,7 +29,7 @@ from projections.db import connect
 from service.cli.main import main
 from service.http.keys import SCHEDULER, SERVICES, SETTINGS, SYNC_JOB, SYNC_STATS
 from service.jobs.scheduler import RETENTION_JOB_ID, SYNC_JOB_ID, ExclusiveJob, new_scheduler, schedule
-from service.jobs.sync import FAILED, OK, PARTIAL, SyncStats, build_sync
+from service.jobs.sync import FAILED, OK, PARTIAL, SyncStats, build_client, build_sync
 
 FIXTURES = Path(__file__).parent / "fixtures"
 USER = 385
@@ -329,7 +329,8 @@ async def test_runs_never_overlap_when_a_run_outlasts_the_interval(app_client, f
     fake.state.delay_seconds = 0.25  # a run takes three calls: 0.75 s
     stats = SyncStats()
     settings = app[SETTINGS].model_copy(update=tlink_settings(fake, TLINK_SYNC_USER_IDS=[USER]))
-    sync = build_sync(settings, client.session, app[SERVICES].ingestor, app[SERVICES].db, stats)
+    tlink = build_client(settings, client.session, stats)
+    sync = build_sync(settings, tlink, app[SERVICES].ingestor, app[SERVICES].db, stats)
     job = ExclusiveJob(SYNC_JOB_ID, sync.run, on_skip=lambda: None)
     scheduler = new_scheduler(lambda job_id: setattr(stats, "skipped_runs", stats.skipped_runs + 1))
     schedule(scheduler, SYNC_JOB_ID, job, 0.2)

@@ -9,19 +9,24 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
+from eventlog.events import utc_now
 from eventlog.store import LogLocked
 from eventlog.verify import RecordedFile, verify
+from projections.coverage import SensorCoverage, day_coverage
 from projections.db import DatabaseMissing
 from projections.log_lines import DeviceStop
 from projections.rebuild import rebuild
 from projections.replay import recorded_files, replay_logs
 from projections.retention import PruneReport, prune_logs
 from projections.schema import apply_schema
+from projections.views import owned_devices, sensors_of
 from service.bootstrap import open_database, open_services
 from service.config import Settings
 from service.http.server import run_server
+from service.jobs.backfill import BackfillReport
 from service.jobs.sync import SyncReport
 
 
@@ -267,6 +272,128 @@ def _print_report(report: SyncReport) -> None:
     )
 
 
+# ---------------------------------------------------------------- backfill
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {text!r}") from None
+
+
+def _user_and_device(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--user", type=int, action="append", metavar="ID",
+        help=f"{what} this TLINK user's devices instead of TLINK_SYNC_USER_IDS' (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--device", type=int, metavar="ID", help=f"{what} only this device")
+
+
+def _backfill_arguments(parser: argparse.ArgumentParser) -> None:
+    _user_and_device(parser, "backfill")
+    parser.add_argument(
+        "--since", type=_day, metavar="YYYY-MM-DD",
+        help="look for gaps from this day on (platform time) instead of BACKFILL_LOOKBACK_DAYS back",
+    )  # fmt: skip
+    parser.add_argument("--dry-run", action="store_true", help="print the gaps and make no call")
+    parser.epilog = (
+        "Finds each sensor's gaps in the read models and asks TLINK's getSensorHistroy for exactly each gap,"
+        " within BACKFILL_MAX_CALLS_PER_SENSOR_PER_DAY calls per sensor per UTC day (counted from the log)."
+        " The scheduled job runs inside `tlink-push serve` when BACKFILL_ENABLED=true; this command appends to"
+        " the log files, so it refuses to run while the service holds the log root. Exit status 0 when no call"
+        " failed, 1 when the vendor refused or did not answer a call, 2 when the sync is not configured."
+    )
+
+
+def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Find gaps and fill them from the vendor's sensor history, once."""
+    problem = _sync_problem(settings, args.user)
+    if problem is not None:
+        print(f"tlink-push backfill: {problem}", file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(_backfill_once(settings, args))
+    except LogLocked as exc:
+        print(f"tlink-push backfill: {exc}; the service backfills by itself (BACKFILL_ENABLED), or stop it",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    for found in report.gaps:
+        gap = found.gap
+        print(
+            f"device {found.device_id} sensor {gap.sensor_id}: gap {gap.start:%Y-%m-%d %H:%M:%S} to"
+            f" {gap.end:%Y-%m-%d %H:%M:%S} (about {gap.missing} missing, cadence {gap.cadence:g} s):"
+            f" {found.outcome}, {found.calls} calls, {found.recovered} readings recovered"
+        )
+    print(
+        f"TLINK backfill completed devices={report.devices} gaps={len(report.gaps)} calls={report.calls}"
+        f" recovered={report.recovered} open={report.open_gaps} failures={report.failures}"
+        f" seconds={report.seconds:.3f} outcome={report.outcome}"
+    )
+    return 0 if report.failures == 0 else 1
+
+
+async def _backfill_once(settings: Settings, args: argparse.Namespace) -> BackfillReport:
+    async with open_services(settings) as services:
+        return await services.backfill.run(args.user, args.device, args.since, args.dry_run)
+
+
+# ---------------------------------------------------------------- coverage
+
+
+def _coverage_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--day", type=_day, metavar="YYYY-MM-DD", help="the day, platform time (default: today)")
+    _user_and_device(parser, "show")
+    parser.epilog = (
+        "Prints, per sensor of each device, its cadence, the day's readings by origin (push, sync, backfill), the"
+        " gaps of the day (open: not yet asked of the vendor to the last page), the coverage ratio and the"
+        " backfill calls spent today. Without --user or TLINK_SYNC_USER_IDS, every device. Read-only: runs"
+        " alongside the service."
+    )
+
+
+def coverage_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Print how complete the devices' readings are on one day."""
+    return asyncio.run(_coverage(settings, args))
+
+
+async def _coverage(settings: Settings, args: argparse.Namespace) -> int:
+    now = utc_now()
+    day = args.day or now.astimezone(settings.platform_zone).date()
+    users = args.user or settings.TLINK_SYNC_USER_IDS or None
+    async with open_database(settings) as db:
+        devices = await owned_devices(db, users, args.device)
+        for owner, device_id in devices:
+            sensors = (await sensors_of(db, [device_id]))[device_id]
+            found = await day_coverage(
+                db, settings.SYNC_LOG_DIR, device_id, sensors, day, settings.BACKFILL_LOOKBACK_DAYS,
+                now.strftime("%Y-%m-%d"),
+            )  # fmt: skip
+            print(f"device {device_id} (user {owner}) on {day}:")
+            for sensor in found:
+                _print_coverage(sensor, settings.BACKFILL_MAX_CALLS_PER_SENSOR_PER_DAY)
+    if not devices:
+        print("no device found", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_coverage(found: SensorCoverage, limit: int) -> None:
+    origins = " ".join(f"{origin}={count}" for origin, count in found.readings.items())
+    cadence = "none yet" if found.cadence is None else f"{found.cadence:g} s"
+    ratio = "-" if found.ratio is None else f"{found.ratio:.4f}"
+    print(
+        f"  sensor {found.sensor.sensor_id}: cadence {cadence}, readings {origins}, open gaps {len(found.open_gaps)},"
+        f" coverage {ratio}, calls today {found.calls_today}/{limit}" + (" (refused)" if found.refused_today else "")
+    )
+    for state in found.gaps:
+        gap = state.gap
+        print(
+            f"    gap {gap.start:%Y-%m-%d %H:%M:%S} to {gap.end:%Y-%m-%d %H:%M:%S}, about {gap.missing} missing"
+            + (" (the vendor has nothing more there)" if state.answered else "")
+        )
+
+
 # ---------------------------------------------------------------- the table
 
 
@@ -296,4 +423,12 @@ COMMANDS = {
         "apply log retention now: delete daily files older than LOG_AGE days", prune_command, _prune_arguments
     ),
     "sync": Command("run one TLINK cloud sync by hand (--once) and print what it did", sync_command, _sync_arguments),
+    "backfill": Command(
+        "find gaps in the readings and fill them from TLINK's sensor history, once",
+        backfill_command,
+        _backfill_arguments,
+    ),
+    "coverage": Command(
+        "print how complete each sensor's readings are on one day", coverage_command, _coverage_arguments
+    ),
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from datetime import datetime
+from datetime import date, datetime
 from functools import partial
 from typing import Any
 
@@ -18,7 +18,9 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from eventlog.backward import device_events
+from eventlog.events import utc_now
 from projections import views
+from projections.coverage import SensorCoverage, day_coverage
 from projections.history import SqlBlockIndex, Window, histories
 from projections.readings import Reading
 from projections.views import DeviceView, SensorView, UserView
@@ -213,6 +215,47 @@ async def events(request: web.Request) -> web.Response:
         "events": items,
     }
     return answer(schemas.EventsAnswer, data)
+
+
+async def coverage(request: web.Request) -> web.Response:
+    """GET /api/users/{userId}/devices/{deviceId}/coverage"""
+    services = request.app[SERVICES]
+    settings = services.settings
+    device_id = query.path_id(request, query.DEVICE_ID)
+    now = utc_now()
+    text = query.day(request, query.COVERAGE_DAY)
+    day = date.fromisoformat(text) if text else now.astimezone(settings.platform_zone).date()
+    user = await owner(request)
+    device = await owned_device(request, user, device_id)
+    sensors = (await views.sensors_of(services.db, [device_id]))[device_id]
+    today = now.strftime("%Y-%m-%d")
+    found = await day_coverage(
+        services.db, settings.SYNC_LOG_DIR, device_id, sensors, day, settings.BACKFILL_LOOKBACK_DAYS, today
+    )
+    quota = {"day": today, "limit": settings.BACKFILL_MAX_CALLS_PER_SENSOR_PER_DAY}
+    items = [coverage_part(c, quota) for c in found]
+    data = {"user": user_part(user), "device": device_part(device), "day": day.isoformat(), "sensors": items}
+    return answer(schemas.CoverageAnswer, data)
+
+
+def coverage_part(found: SensorCoverage, quota: dict[str, Any]) -> dict[str, Any]:
+    """The coverage shape of one sensor."""
+    gaps = [
+        {"start": _time_text(g.gap.start), "end": _time_text(g.gap.end), "missing": g.gap.missing,
+         "askedVendor": g.answered}
+        for g in found.gaps
+    ]  # fmt: skip
+    return {
+        "sensorId": found.sensor.sensor_id,
+        "sensorName": found.sensor.sensor_name,
+        "cadenceSeconds": found.cadence,
+        "readings": found.readings,
+        "gaps": gaps,
+        "openGaps": len(found.open_gaps),
+        "missing": sum(g.missing for g in found.open_gaps),
+        "coverage": found.ratio,
+        "quota": {**quota, "spent": found.calls_today, "refused": found.refused_today},
+    }
 
 
 REFERENCE = {"count": len(DEVICE_APIS), "reference": DEVICE_APIS}

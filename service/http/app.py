@@ -19,6 +19,8 @@ from service.config import Settings
 from service.http.body import BodyBudget
 from service.http.connections import JsonErrorServer
 from service.http.keys import (
+    BACKFILL_JOB,
+    BACKFILL_STATS,
     BODY_BUDGET,
     METRICS,
     OPENAPI_DOCUMENT,
@@ -38,6 +40,7 @@ from service.http.middleware.metrics import metrics_middleware
 from service.http.openapi import build_document
 from service.http.readiness import ReadyNotes
 from service.http.routes import OPERATIONS, add_routes
+from service.jobs.backfill import BackfillStats
 from service.jobs.retention import RetentionStats
 from service.jobs.scheduler import run_jobs
 from service.jobs.sync import SyncStats
@@ -53,8 +56,8 @@ def create_app(settings: Settings, **services: Any) -> web.Application:
     middlewares = [metrics_middleware, error_middleware, cors_middleware, api_key_middleware]
     app = web.Application(client_max_size=settings.MAX_BODY_BYTES, middlewares=middlewares)
     app[SETTINGS] = settings
-    app[SYNC_STATS], app[RETENTION_STATS] = SyncStats(), RetentionStats()
-    app[METRICS] = new_metrics(lambda: app.get(SERVICES), app[SYNC_STATS], app[RETENTION_STATS])
+    app[SYNC_STATS], app[RETENTION_STATS], app[BACKFILL_STATS] = SyncStats(), RetentionStats(), BackfillStats()
+    app[METRICS] = new_metrics(lambda: app.get(SERVICES), app[SYNC_STATS], app[RETENTION_STATS], app[BACKFILL_STATS])
     app[BODY_BUDGET] = BodyBudget(settings.MAX_BUFFERED_BODY_BYTES)
     app[READY_NOTES] = ReadyNotes()
     app[OPENAPI_DOCUMENT] = orjson.dumps(build_document(settings, OPERATIONS))
@@ -71,7 +74,8 @@ def _services_ctx(options: dict[str, Any]) -> Any:
         """The services, open for the app's lifetime."""
         metrics = app[METRICS]
         async with open_services(
-            app[SETTINGS], on_flush=metrics.observe_flush, sync_stats=app[SYNC_STATS], **options
+            app[SETTINGS], on_flush=metrics.observe_flush, sync_stats=app[SYNC_STATS],
+            backfill_stats=app[BACKFILL_STATS], **options
         ) as services:
             app[SERVICES] = services
             yield
@@ -86,6 +90,8 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
         app[SCHEDULER], app[RETENTION_JOB] = jobs.scheduler, jobs.retention
         if jobs.sync is not None:
             app[SYNC_JOB] = jobs.sync
+        if jobs.backfill is not None:
+            app[BACKFILL_JOB] = jobs.backfill
         yield
 
 

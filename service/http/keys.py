@@ -10,6 +10,7 @@ from service.bootstrap import Services
 from service.config import Settings
 from service.http.body import BodyBudget
 from service.http.readiness import ReadyNotes
+from service.jobs.backfill import BackfillReport, BackfillStats
 from service.jobs.retention import RetentionStats
 from service.jobs.scheduler import ExclusiveJob
 from service.jobs.sync import SyncReport, SyncStats
@@ -19,6 +20,7 @@ from service.metrics import Metrics
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 SYNC_STATS = web.AppKey("sync_stats", SyncStats)
+BACKFILL_STATS = web.AppKey("backfill_stats", BackfillStats)
 RETENTION_STATS = web.AppKey("retention_stats", RetentionStats)
 BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
 READY_NOTES = web.AppKey("ready_notes", ReadyNotes)
@@ -29,6 +31,7 @@ SERVICES = web.AppKey("services", Services)
 SCHEDULER = web.AppKey("scheduler", AsyncIOScheduler)
 SYNC_JOB: web.AppKey[ExclusiveJob[SyncReport]] = web.AppKey("sync_job")  # only when the sync is scheduled
 RETENTION_JOB: web.AppKey[ExclusiveJob[PruneReport]] = web.AppKey("retention_job")
+BACKFILL_JOB: web.AppKey[ExclusiveJob[BackfillReport]] = web.AppKey("backfill_job")  # only when scheduled
 
 # Set by the webhook handler for the metrics middleware.
 PUSH_OUTCOME = web.RequestKey("push_outcome", str)  # "ok", "duplicate" or service.metrics.ABORTED

@@ -74,6 +74,11 @@ DAY = Param(
     "day", "query", {"type": "string", "pattern": _DAY_RE.pattern},
     "only this UTC day's file (YYYY-MM-DD, a real date of the years 1000 to 9999)",
 )  # fmt: skip
+COVERAGE_DAY = Param(
+    "day", "query", {"type": "string", "pattern": _DAY_RE.pattern},
+    "the day, platform time (YYYY-MM-DD, a real date of the years 1000 to 9999; default: today on the platform's"
+    " clock, TLINK_UTC_OFFSET)",
+)  # fmt: skip
 EVENT_TYPE = Param("type", "query", {"type": "string", "enum": sorted(EVENT_TYPES)}, "only events of this type")
 
 
@@ -154,9 +159,9 @@ def window(request: web.Request) -> Window:
     return Window(start, end)
 
 
-def day(request: web.Request) -> str | None:
+def day(request: web.Request, param: Param = DAY) -> str | None:
     """day=YYYY-MM-DD, a real date (exactly the document's pattern)."""
-    text = request.query.get(DAY.name)
+    text = request.query.get(param.name)
     if text is None:
         return None
     if not _DAY_RE.fullmatch(text):

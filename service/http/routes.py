@@ -73,6 +73,16 @@ ROUTES = (
         api.events,
     ),
     Route(
+        read_operation(
+            "/api/users/{userId}/devices/{deviceId}/coverage",
+            "How complete a device's readings are on one day: per sensor cadence, readings by origin, open gaps,"
+            " backfill calls spent",
+            schemas.CoverageAnswer,
+            (*_DEVICE, query.COVERAGE_DAY),
+        ),
+        api.coverage,
+    ),
+    Route(
         Operation(
             "get",
             "/api/reference/device-apis",

@@ -140,6 +140,62 @@ class HistoryAnswer(Answer):
     sensors: list[SensorWithHistory]
 
 
+class GapOut(Answer):
+    """Readings missing between two consecutive readings of a sensor."""
+
+    start: PlatformTime = Field(description="first second of the gap: just after the reading before it")
+    end: PlatformTime = Field(description="last second of the gap: just before the reading after it")
+    missing: int = Field(ge=1, description="readings the sensor's cadence says should be there")
+    askedVendor: bool = Field(
+        description="the vendor's history was asked for this window to its last page: it has nothing more there"
+    )
+
+
+class Quota(Answer):
+    """The sensor's getSensorHistroy calls on the current UTC day."""
+
+    day: str = Field(description="the UTC day the vendor's quota counts")
+    spent: int = Field(ge=0)
+    limit: int = Field(ge=1, description="BACKFILL_MAX_CALLS_PER_SENSOR_PER_DAY")
+    refused: bool = Field(description="the vendor refused a call today (flag 01): no more until the next UTC day")
+
+
+class ReadingsByOrigin(Answer):
+    """Readings of the day by the event that brought them."""
+
+    push: int = Field(ge=0)
+    sync: int = Field(ge=0)
+    backfill: int = Field(ge=0)
+
+
+class SensorCoverageOut(Answer):
+    """How complete one sensor's readings are on the day."""
+
+    sensorId: int
+    sensorName: str | None
+    cadenceSeconds: float | None = Field(
+        description="median interval between consecutive readings over BACKFILL_LOOKBACK_DAYS up to the day's end;"
+        " null under 10 readings (no cadence, no gaps)"
+    )
+    readings: ReadingsByOrigin
+    gaps: list[GapOut] = Field(description="gaps overlapping the day, oldest first")
+    openGaps: int = Field(ge=0, description="gaps the vendor has not been asked for to the last page")
+    missing: int = Field(ge=0, description="estimated readings missing in the open gaps")
+    coverage: float | None = Field(
+        ge=0, le=1, description="readings of the day / (those + missing); null when nothing is expected"
+    )
+    quota: Quota
+
+
+class CoverageAnswer(Answer):
+    """GET /api/users/{userId}/devices/{deviceId}/coverage"""
+
+    user: User
+    device: DeviceSummary
+    day: str = Field(description="the day (platform time)")
+    sensors: list[SensorCoverageOut]
+
+
 class LoggedEvent(BaseModel):
     """One log line as it stands in the file (more fields may appear), with where it stands."""
 

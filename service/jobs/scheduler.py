@@ -1,4 +1,4 @@
-"""Background jobs on one APScheduler AsyncIOScheduler: `tlink_device_sync` and `sync_log_retention`.
+"""Background jobs on one APScheduler AsyncIOScheduler: `tlink_device_sync`, `tlink_backfill`, `sync_log_retention`.
 
 `run_jobs(services, ...)` starts the scheduler once the services are open (the web app
 enters it inside their context) and stops it, and any job in progress, before they
@@ -23,12 +23,15 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from projections.retention import PruneReport
 from service.bootstrap import Services
+from service.jobs.backfill import BackfillReport
 from service.jobs.retention import RetentionStats, run_retention
 from service.jobs.sync import SyncReport
 
 log = logging.getLogger("tlink.jobs")
 
 SYNC_JOB_ID = "tlink_device_sync"
+BACKFILL_JOB_ID = "tlink_backfill"
+BACKFILL_FIRST_RUN_SECONDS = 120  # after the first sync has brought the devices and sensors
 RETENTION_JOB_ID = "sync_log_retention"
 RETENTION_INTERVAL_SECONDS = 12 * 3600
 RETENTION_FIRST_RUN_SECONDS = 300
@@ -124,6 +127,7 @@ class Jobs:
     scheduler: AsyncIOScheduler
     retention: ExclusiveJob[PruneReport]
     sync: ExclusiveJob[SyncReport] | None
+    backfill: ExclusiveJob[BackfillReport] | None = None
 
 
 @asynccontextmanager
@@ -142,10 +146,11 @@ async def run_jobs(services: Services, retention_stats: RetentionStats) -> Async
     try:
         schedule(scheduler, RETENTION_JOB_ID, jobs.retention, RETENTION_INTERVAL_SECONDS, RETENTION_FIRST_RUN_SECONDS)
         jobs.sync = _schedule_sync(services, scheduler)
+        jobs.backfill = _schedule_backfill(services, scheduler)
         scheduler.start()
         yield jobs
     finally:
-        for job in (jobs.retention, jobs.sync):
+        for job in (jobs.retention, jobs.sync, jobs.backfill):
             if job is not None:
                 await job.stop()
         if scheduler.running:
@@ -174,4 +179,21 @@ def _schedule_sync(services: Services, scheduler: AsyncIOScheduler) -> Exclusive
         settings.TLINK_SYNC_INTERVAL_SECONDS,
         extra={"users": ",".join(map(str, settings.TLINK_SYNC_USER_IDS)), "page_size": settings.TLINK_SYNC_PAGE_SIZE},
     )
+    return job
+
+
+def _schedule_backfill(services: Services, scheduler: AsyncIOScheduler) -> ExclusiveJob[BackfillReport] | None:
+    settings = services.settings
+    if not settings.BACKFILL_ENABLED:
+        return None
+    if not settings.sync_configured:
+        log.warning("BACKFILL_ENABLED is set but the TLINK sync is not configured: the backfill is not scheduled")
+        return None
+    job = ExclusiveJob(BACKFILL_JOB_ID, services.backfill.run)
+    schedule(scheduler, BACKFILL_JOB_ID, job, settings.BACKFILL_INTERVAL_SECONDS, BACKFILL_FIRST_RUN_SECONDS)
+    log.info(
+        "TLINK backfill scheduled every %d s", settings.BACKFILL_INTERVAL_SECONDS,
+        extra={"lookback_days": settings.BACKFILL_LOOKBACK_DAYS,
+               "calls_per_sensor_per_day": settings.BACKFILL_MAX_CALLS_PER_SENSOR_PER_DAY},
+    )  # fmt: skip
     return job

@@ -24,6 +24,7 @@ new when it is later than the newest one this process has seen for that device's
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -163,6 +164,7 @@ def client_config(settings: Settings) -> TlinkClientConfig:
         username=settings.TLINK_OAUTH_USERNAME,
         password=settings.TLINK_OAUTH_PASSWORD,
         sensor_data_path=settings.TLINK_SENSOR_DATA_PATH,
+        history_path=settings.TLINK_HISTORY_PATH,
         http_method=settings.TLINK_SENSOR_HTTP_METHOD,
         timeout_seconds=settings.TLINK_HTTP_TIMEOUT,
         token_url=settings.TLINK_OAUTH_TOKEN_URL,
@@ -171,14 +173,19 @@ def client_config(settings: Settings) -> TlinkClientConfig:
     )
 
 
+def build_client(settings: Settings, session: aiohttp.ClientSession, stats: SyncStats) -> TlinkClient:
+    """The TLINK client for these settings, on `session` (which the caller closes); tokens are counted in `stats`."""
+    return TlinkClient(session, client_config(settings), on_token_refresh=stats.note_token)
+
+
 def build_sync(
-    settings: Settings, session: aiohttp.ClientSession, ingestor: Ingestor, db: Database | None, stats: SyncStats
+    settings: Settings, client: TlinkClient, ingestor: Ingestor, db: Database | None, stats: SyncStats,
+    lock: asyncio.Lock | None = None,
 ) -> TlinkSync:
-    """A sync for these settings, its client on `session` (which the caller closes)."""
-    client = TlinkClient(session, client_config(settings), on_token_refresh=stats.note_token)
+    """A sync for these settings; `lock` is held while it runs (shared with the backfill)."""
     return TlinkSync(
         client, ingestor, db, SyncFailureLog(settings.SYNC_LOG_DIR), stats,
-        user_ids=settings.TLINK_SYNC_USER_IDS, page_size=settings.TLINK_SYNC_PAGE_SIZE,
+        user_ids=settings.TLINK_SYNC_USER_IDS, page_size=settings.TLINK_SYNC_PAGE_SIZE, lock=lock,
     )  # fmt: skip
 
 
@@ -229,6 +236,7 @@ class TlinkSync:
         user_ids: Sequence[int],
         page_size: int,
         last_syncs: LastSyncs | None = None,
+        lock: asyncio.Lock | None = None,
     ) -> None:
         self.client = client
         self.ingestor = ingestor
@@ -240,17 +248,19 @@ class TlinkSync:
         store = ingestor.store
         self.last_syncs = last_syncs if last_syncs is not None else LastSyncs(store.root, store.durable_end)
         self._newest_seen: dict[SensorKey, datetime] = {}
+        self.lock = lock or asyncio.Lock()  # never writing a device's log while the backfill does
 
     async def run(self, user_ids: Sequence[int] | None = None) -> SyncReport:
         """Sync every configured user (or `user_ids`), log the summary and count it."""
-        report = SyncReport(started_at=utc_now())
-        started = time.monotonic()
-        self.stats.running = True
-        try:
-            for user_id in user_ids or self.user_ids:
-                report.users.append(await self._sync_user(user_id))
-        finally:
-            self.stats.running = False
+        async with self.lock:
+            report = SyncReport(started_at=utc_now())
+            started = time.monotonic()
+            self.stats.running = True
+            try:
+                for user_id in user_ids or self.user_ids:
+                    report.users.append(await self._sync_user(user_id))
+            finally:
+                self.stats.running = False
         report.seconds = time.monotonic() - started
         self.stats.note_run(report)
         log.info(

@@ -93,6 +93,7 @@ class TlinkClientConfig:
     username: str
     password: str = field(repr=False)
     sensor_data_path: str = "/api/device/getDeviceSensorDatas"
+    history_path: str = "/api/device/getSensorHistroy"
     http_method: str = "GET"
     timeout_seconds: float = 10.0
     token_url: str = ""
@@ -167,6 +168,15 @@ class TlinkClient:
         params = {"userId": user_id, "currPage": page, "pageSize": page_size}
         answer = await self._call_api(self._config.sensor_data_path, params)
         return check_device_page(answer, self._config.sensor_data_path)
+
+    async def get_sensor_history(self, user_id: int, request: Mapping[str, Any]) -> dict[str, Any]:
+        """One page of ``getSensorHistroy`` for ``request`` (sensorId, startDate, endDate, pagingState,
+        pageSize); the answer has a ``dataList`` list and, unless it is the last page, a ``nextPage`` cursor."""
+        path = self._config.history_path
+        answer = await self._call_api(path, {"userId": user_id, **request})
+        if not isinstance(answer.get("dataList", []), list):
+            raise TlinkApiError(f"TLINK {path} answered a dataList that is not a list")
+        return answer
 
     async def iter_devices(self, user_id: int, page_size: int) -> AsyncIterator[tuple[int, dict[str, Any]]]:
         """Yield ``(page, device)`` for every device of ``user_id``, walking pages 1..pages."""
