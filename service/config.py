@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta, timezone
+import re
+from datetime import UTC, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -83,7 +85,7 @@ class Settings(BaseSettings):
     TLINK_SYNC_PAGE_SIZE: int = Field(10, ge=1, le=100)
     TLINK_SYNC_USER_IDS: Annotated[list[int], NoDecode] = Field(default_factory=list)
     TLINK_HISTORY_PATH: str = "/api/device/getSensorHistroy"  # the vendor's spelling
-    TLINK_UTC_OFFSET: str = Field("+08:00", pattern=r"^[+-](0[0-9]|1[0-4]):[0-5][0-9]$")  # the platform's clock
+    TLINK_TIMEZONE: str = ""  # the platform's clock: an IANA name (Asia/Shanghai) or +HH:MM; empty: unknown (UTC)
     BACKFILL_ENABLED: bool = False
     BACKFILL_INTERVAL_SECONDS: int = Field(900, ge=60)
     BACKFILL_LOOKBACK_DAYS: int = Field(2, ge=1, le=60)
@@ -146,17 +148,37 @@ class Settings(BaseSettings):
             return "TLINK_OAUTH_USERNAME and TLINK_OAUTH_CLIENT_ID (and their secrets) must be set"
         return None
 
+    @field_validator("TLINK_TIMEZONE")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        zone_of(value)
+        return value
+
     @property
-    def platform_zone(self) -> timezone:
-        """The platform's clock (TLINK_UTC_OFFSET): reading times are written in it, without a zone."""
-        sign = -1 if self.TLINK_UTC_OFFSET[0] == "-" else 1
-        hours, minutes = int(self.TLINK_UTC_OFFSET[1:3]), int(self.TLINK_UTC_OFFSET[4:6])
-        return timezone(sign * timedelta(hours=hours, minutes=minutes))
+    def platform_zone(self) -> tzinfo:
+        """The platform's clock (TLINK_TIMEZONE) reading times are written in, without a zone; UTC when unset."""
+        return zone_of(self.TLINK_TIMEZONE)
 
     @property
     def sync_configured(self) -> bool:
         """Sync has user ids and credentials to work with."""
         return self.sync_problem() is None
+
+
+_OFFSET_RE = re.compile(r"[+-](0[0-9]|1[0-4]):([0-5][0-9])")
+
+
+def zone_of(name: str) -> tzinfo:
+    """The zone a TLINK_TIMEZONE value names: "" is UTC, "+08:00" a fixed offset, else an IANA name."""
+    if not name:
+        return UTC
+    if match := _OFFSET_RE.fullmatch(name):
+        offset = timedelta(hours=int(match.group(1)), minutes=int(match.group(2)))
+        return timezone(-offset if name[0] == "-" else offset)
+    try:
+        return ZoneInfo(name)
+    except (ValueError, ZoneInfoNotFoundError):
+        raise ValueError(f"{name!r} is neither an IANA time zone (Asia/Shanghai) nor an offset like +08:00") from None
 
 
 def load_settings(**overrides: object) -> Settings:

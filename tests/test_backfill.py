@@ -23,7 +23,7 @@ from service.http.keys import SERVICES
 
 FIXTURES = Path(__file__).parent / "fixtures"
 USER, DEVICE = 385, 2864
-PLATFORM = timedelta(hours=8)  # TLINK_UTC_OFFSET's default
+PLATFORM = timedelta(hours=8)  # the platform's clock in these tests (TLINK_TIMEZONE=+08:00)
 DAY = (datetime.now(UTC) + PLATFORM).date() - timedelta(days=1)  # yesterday on the platform: inside the look-back
 T0 = datetime.combine(DAY, datetime.min.time()) + timedelta(hours=8)  # 08:00 platform time
 HOUR = timedelta(hours=1)
@@ -56,6 +56,7 @@ def tlink_settings(fake: Fake, **overrides: Any) -> dict[str, Any]:
         "TLINK_OAUTH_USERNAME": "demo",
         "TLINK_OAUTH_PASSWORD": "demo",
         "TLINK_SYNC_USER_IDS": str(USER),
+        "TLINK_TIMEZONE": "+08:00",
     }
     values.update(overrides)
     return values
@@ -128,6 +129,10 @@ async def test_an_hour_of_dropped_pushes_comes_back_once_and_is_not_asked_again(
     calls = fake.history_calls()
     again = await client.server.app[SERVICES].backfill.run()
     assert again.gaps == [] and fake.history_calls() == calls
+    metrics = await (await client.get("/metrics")).text()
+    for line in ("tlink_backfill_readings_recovered_total 60.0", 'tlink_backfill_calls_total{outcome="ok"} 1.0',
+                 'tlink_backfill_runs_total{outcome="ok"} 2.0', "tlink_backfill_open_gaps 0.0"):  # fmt: skip
+        assert line in metrics
 
 
 async def test_readings_the_service_never_saw_before_a_sync_are_backfilled(app_client, fake):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from eventlog.events import BACKFILL, BACKFILL_FAILED, PUSH
 from eventlog.store import LogStore
 from projections.gaps import MIN_READINGS, cadence, find_gaps, threshold
 from projections.history_calls import CallLedger, read_ledger
+from service.config import SettingsError, load_settings
 
 T0 = datetime(2026, 5, 1, 8, 0, 0)
 
@@ -77,3 +80,13 @@ async def test_the_ledger_is_read_from_the_log_files(log_root):
     start, end = (datetime.fromisoformat(w) for w in window)
     assert ledger.of(11).spent_today == 1 and ledger.resume_from(11, start, end) == "0x64"
     assert read_ledger(log_root, 5, "2999-01-01", today).of(11).spent_today == 0  # files before `since_day` skipped
+
+
+def test_the_platform_zone_is_an_iana_name_an_offset_or_utc():
+    assert load_settings(TLINK_TIMEZONE="").platform_zone == UTC
+    assert load_settings(TLINK_TIMEZONE="-03:30").platform_zone.utcoffset(None) == -timedelta(hours=3, minutes=30)
+    shanghai = load_settings(TLINK_TIMEZONE="Asia/Shanghai").platform_zone
+    assert datetime(2026, 5, 1, tzinfo=shanghai).utcoffset() == timedelta(hours=8)
+    for bad in ("Mars/Olympus", "+8", "UTC+08:00"):
+        with pytest.raises(SettingsError, match="TLINK_TIMEZONE"):
+            load_settings(TLINK_TIMEZONE=bad)

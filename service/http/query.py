@@ -77,7 +77,7 @@ DAY = Param(
 COVERAGE_DAY = Param(
     "day", "query", {"type": "string", "pattern": _DAY_RE.pattern},
     "the day, platform time (YYYY-MM-DD, a real date of the years 1000 to 9999; default: today on the platform's"
-    " clock, TLINK_UTC_OFFSET)",
+    " clock, TLINK_TIMEZONE; UTC when unset)",
 )  # fmt: skip
 EVENT_TYPE = Param("type", "query", {"type": "string", "enum": sorted(EVENT_TYPES)}, "only events of this type")
 
