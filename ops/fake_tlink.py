@@ -285,7 +285,11 @@ def check_grant(state: FakeTlinkState, grant: str, fields: dict[str, Any]) -> we
 # --------------------------------------------------------------------------- API route
 
 
-async def device_sensor_datas(request: web.Request) -> web.Response:
+async def api_call(request: web.Request) -> dict[str, Any] | web.Response:
+    """What every API route does first: record the call, the switches (delay, 500, 401), a JSON body.
+
+    The body of a call to answer, or the error answer it gets.
+    """
     state = request.app[FAKE_TLINK_STATE]
     body = await read_json_body(request)
     bearer = bearer_token(request)
@@ -298,22 +302,21 @@ async def device_sensor_datas(request: web.Request) -> web.Response:
         return spring_error(request, 401, "Unauthorized", "Full authentication is required")
     if not isinstance(body, dict):
         return spring_error(request, 400, "Bad Request", "Required request body is missing")
-    return json_response(sensor_datas_answer(request.app[FIXTURES_DIR], state, body))
+    return body
+
+
+async def device_sensor_datas(request: web.Request) -> web.Response:
+    body = await api_call(request)
+    if isinstance(body, web.Response):
+        return body
+    return json_response(sensor_datas_answer(request.app[FIXTURES_DIR], request.app[FAKE_TLINK_STATE], body))
 
 
 async def sensor_history(request: web.Request) -> web.Response:
+    body = await api_call(request)
+    if isinstance(body, web.Response):
+        return body
     state = request.app[FAKE_TLINK_STATE]
-    body = await read_json_body(request)
-    bearer = bearer_token(request)
-    state.api_calls.append(ApiCall(request.method, request.path, dict(request.headers), body, bearer))
-    if state.delay_seconds > 0:
-        await asyncio.sleep(state.delay_seconds)
-    if state.take("fail_with_500"):
-        return spring_error(request, 500, "Internal Server Error", "fake TLINK failure (fail_with_500)")
-    if state.take("fail_next_api_with_401") or not state.accepts(bearer):
-        return spring_error(request, 401, "Unauthorized", "Full authentication is required")
-    if not isinstance(body, dict):
-        return spring_error(request, 400, "Bad Request", "Required request body is missing")
     if state.flag01:
         return json_response(load_fixture(request.app[FIXTURES_DIR], "sync_error_flag01.json"))
     return json_response(state.history_page(body))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime
@@ -138,3 +140,13 @@ def restore_logging() -> Iterator[None]:
     root.setLevel(saved[1])
     access.setLevel(saved[2])
     scheduler.setLevel(saved[3])
+
+
+async def run_cli(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str, str]:
+    """Run `tlink-push ARGS` in a process of its own (the test's event loop keeps serving meanwhile)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import sys; from service.cli.main import main; sys.exit(main(sys.argv[1:]))", *args,
+        env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    return process.returncode or 0, out.decode(), err.decode()

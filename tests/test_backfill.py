@@ -3,9 +3,7 @@ within the quota; the coverage endpoint and command show what is missing. On bot
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from eventlog.verify import verify
 from ops.fake_tlink import FAKE_TLINK_STATE, HISTORY_PATH, FakeTlinkState, make_fake_tlink_app, pushes
 from projections.history_calls import read_ledger
 from service.http.keys import SERVICES
+from tests.conftest import run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
 USER, DEVICE = 385, 2864
@@ -244,15 +243,6 @@ def cli_env(fake: Fake, database_url: str, log_root: Path) -> dict[str, str]:
     env.update({k: str(v) for k, v in tlink_settings(fake).items()})
     env.update(DATABASE_URL=database_url, SYNC_LOG_DIR=str(log_root), LOG_LEVEL="WARNING", USE_HTTPS="false")
     return env
-
-
-async def run_cli(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "import sys; from service.cli.main import main; sys.exit(main(sys.argv[1:]))", *args,
-        env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    return process.returncode or 0, out.decode(), err.decode()
 
 
 async def test_backfill_and_coverage_from_the_command_line(app_client, fake, database_url, log_root, tmp_path):

@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from service.cli.main import main
 from service.http.keys import SCHEDULER, SERVICES, SETTINGS, SYNC_JOB, SYNC_STATS
 from service.jobs.scheduler import RETENTION_JOB_ID, SYNC_JOB_ID, ExclusiveJob, new_scheduler, schedule
 from service.jobs.sync import FAILED, OK, PARTIAL, SyncStats, build_client, build_sync
+from tests.conftest import run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
 USER = 385
@@ -447,15 +447,6 @@ def cli_env(fake: Fake, database_url: str, log_root: Path, **extra: str) -> dict
     env.update({k: str(v) for k, v in tlink_settings(fake).items()})
     env.update(DATABASE_URL=database_url, SYNC_LOG_DIR=str(log_root), LOG_LEVEL="WARNING", **extra)
     return env
-
-
-async def run_cli(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "import sys; from service.cli.main import main; sys.exit(main(sys.argv[1:]))", *args,
-        env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    return process.returncode or 0, out.decode(), err.decode()
 
 
 async def test_sync_once_from_the_command_line(fake, database_url, log_root, tmp_path):
