@@ -200,6 +200,10 @@ async def test_etag_and_if_none_match(app_client, url):
         assert same.status == 304, header
         assert await same.read() == b"" and same.headers["ETag"] == etag
         assert same.headers["Access-Control-Allow-Origin"] == "https://app.example"  # CORS still applies
+        assert "ETag" in same.headers["Access-Control-Expose-Headers"]
+    preflight = await client.options(url, headers={**origin, "Access-Control-Request-Method": "GET",
+                                                   "Access-Control-Request-Headers": "if-none-match"})  # fmt: skip
+    assert preflight.status == 204 and "If-None-Match" in preflight.headers["Access-Control-Allow-Headers"]
     head = await client.head(url, headers={"If-None-Match": etag})
     assert head.status == 304
     other = await client.get(url, headers={"If-None-Match": '"nope"'})
