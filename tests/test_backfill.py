@@ -88,7 +88,8 @@ async def coverage(client, day: date = DAY) -> dict[int, dict[str, Any]]:
 
 def expected(fake: Fake, sensor_id: int) -> list[tuple[str, str]]:
     readings = fake.state.histories[sensor_id]
-    return [(m.isoformat(timespec="seconds"), readings[m]) for m in sorted(readings, reverse=True)]
+    # TLINK_TIMEZONE is set: answers give reading times with the platform's offset
+    return [(m.isoformat(timespec="seconds") + "+08:00", readings[m]) for m in sorted(readings, reverse=True)]
 
 
 def logged(log_root: Path, kind: str) -> list[dict[str, Any]]:
@@ -104,8 +105,8 @@ async def test_an_hour_of_dropped_pushes_comes_back_once_and_is_not_asked_again(
     before = (await coverage(client))[11]
     assert before["cadenceSeconds"] == 60.0
     assert before["openGaps"] == 1 and before["missing"] == 60
-    assert before["gaps"] == [{"start": (T0 + HOUR - timedelta(minutes=1, seconds=-1)).isoformat(),
-                               "end": (T0 + 2 * HOUR - timedelta(seconds=1)).isoformat(), "missing": 60,
+    assert before["gaps"] == [{"start": (T0 + HOUR - timedelta(minutes=1, seconds=-1)).isoformat() + "+08:00",
+                               "end": (T0 + 2 * HOUR - timedelta(seconds=1)).isoformat() + "+08:00", "missing": 60,
                                "askedVendor": False}]  # fmt: skip
     assert before["readings"] == {"push": 181, "sync": 0, "backfill": 0}
 

@@ -9,11 +9,15 @@ service.http.schemas.
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import math
-from datetime import date, datetime
+from collections.abc import Iterator
+from datetime import date, datetime, tzinfo
 from functools import partial
 from typing import Any
 
+import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
@@ -24,8 +28,10 @@ from projections.coverage import SensorCoverage, day_coverage
 from projections.history import SqlBlockIndex, Window, histories
 from projections.readings import Reading
 from projections.views import DeviceView, SensorView, UserView
+from service.config import Settings
 from service.http import query, schemas
 from service.http.keys import SERVICES, SETTINGS
+from service.http.middleware import caching
 from service.http.middleware.errors import ApiError, json_response
 from service.http.reference import DEVICE_APIS
 
@@ -42,8 +48,20 @@ def answer(model: type[BaseModel], data: dict[str, Any], status: int = 200) -> w
 # ---------------------------------------------------------------- answer parts
 
 
-def _time_text(moment: datetime | None) -> str | None:
-    """A platform time as the API writes it: YYYY-MM-DDTHH:MM:SS."""
+def answer_zone(settings: Settings) -> tzinfo | None:
+    """The zone answers give reading times in: TLINK_TIMEZONE's, or None when it is unset (no offset)."""
+    return settings.platform_zone if settings.TLINK_TIMEZONE else None
+
+
+def _time_text(moment: datetime | None, zone: tzinfo | None = None) -> str | None:
+    """A platform time as the API writes it: YYYY-MM-DDTHH:MM:SS, with its UTC offset when the zone is known."""
+    if moment is None:
+        return None
+    return (moment if zone is None else moment.replace(tzinfo=zone)).isoformat(timespec="seconds")
+
+
+def cursor_text(moment: datetime | None) -> str | None:
+    """A reading time as a cursor (the `before` parameter): platform time without a zone."""
     return None if moment is None else moment.isoformat(timespec="seconds")
 
 
@@ -52,7 +70,7 @@ def user_part(user: UserView) -> dict[str, Any]:
     return {"userId": user.tlink_user_id, "parentUserId": user.parent_user_id}
 
 
-def device_part(device: DeviceView) -> dict[str, Any]:
+def device_part(device: DeviceView, zone: tzinfo | None = None) -> dict[str, Any]:
     """The device summary shape."""
     return {
         "deviceId": device.device_id,
@@ -64,11 +82,11 @@ def device_part(device: DeviceView) -> dict[str, Any]:
         "lat": device.lat,
         "lng": device.lng,
         "lastFlag": device.last_flag,
-        "lastPushTime": _time_text(device.last_push_time),
+        "lastPushTime": _time_text(device.last_push_time, zone),
     }
 
 
-def sensor_part(sensor: SensorView) -> dict[str, Any]:
+def sensor_part(sensor: SensorView, zone: tzinfo | None = None) -> dict[str, Any]:
     """The sensor summary shape."""
     return {
         "sensorId": sensor.sensor_id,
@@ -79,14 +97,14 @@ def sensor_part(sensor: SensorView) -> dict[str, Any]:
         "isAlarm": sensor.is_alarm,
         "isLine": sensor.is_line,
         "latestValue": sensor.latest_value,
-        "latestRecordedAt": _time_text(sensor.latest_recorded_at),
+        "latestRecordedAt": _time_text(sensor.latest_recorded_at, zone),
     }
 
 
-def reading_part(reading: Reading) -> dict[str, Any]:
+def reading_part(reading: Reading, zone: tzinfo | None = None) -> dict[str, Any]:
     """The reading shape."""
     return {
-        "recordedAt": _time_text(reading.recorded_at),
+        "recordedAt": _time_text(reading.recorded_at, zone),
         "sensorTimestamp": reading.sensor_timestamp,
         "value": reading.value,
         "rawValue": reading.raw_value,
@@ -95,20 +113,31 @@ def reading_part(reading: Reading) -> dict[str, Any]:
     }
 
 
-def latest_part(sensor: SensorView) -> dict[str, Any] | None:
+def latest_part(sensor: SensorView, zone: tzinfo | None = None) -> dict[str, Any] | None:
     """A sensor's latest reading from the read model, or None if it never reported."""
     if sensor.latest_recorded_at is None:
         return None
     s = sensor
     return reading_part(
         Reading(s.sensor_id, sensor.latest_recorded_at, s.latest_sensor_timestamp, s.latest_value, s.latest_raw_value,
-                s.is_alarm, s.is_line)
+                s.is_alarm, s.is_line),
+        zone,
     )  # fmt: skip
 
 
-def with_history(sensors: list[SensorView], histories: dict[int, list[Reading]]) -> list[dict[str, Any]]:
-    """Sensor summaries each with its history list."""
-    return [{**sensor_part(s), "history": [reading_part(r) for r in histories.get(s.sensor_id, [])]} for s in sensors]
+def with_history(
+    sensors: list[SensorView],
+    histories: dict[int, list[Reading]],
+    zone: tzinfo | None = None,
+    cursors: dict[int, datetime] | None = None,
+) -> list[dict[str, Any]]:
+    """Sensor summaries each with its history list and the cursor of its next older page (`next`)."""
+    cursors = cursors or {}
+    return [
+        {**sensor_part(s, zone), "history": [reading_part(r, zone) for r in histories.get(s.sensor_id, [])],
+         "next": cursor_text(cursors.get(s.sensor_id))}
+        for s in sensors
+    ]  # fmt: skip
 
 
 # ---------------------------------------------------------------- lookups
@@ -141,6 +170,35 @@ async def sensor_histories(
     )
 
 
+def only_sensors(sensors: dict[int, list[SensorView]], ids: frozenset[int] | None) -> dict[int, list[SensorView]]:
+    """Each device's sensors that are among `ids` (None: all of them)."""
+    if ids is None:
+        return sensors
+    return {d: [s for s in found if s.sensor_id in ids] for d, found in sensors.items()}
+
+
+async def history_pages(
+    request: web.Request, sensors: dict[int, list[SensorView]], asked: query.HistoryQuery
+) -> tuple[dict[int, dict[int, list[Reading]]], dict[int, dict[int, datetime]]]:
+    """Per device, the newest `limit` readings in the window of each sensor, and per sensor that has older
+    readings in the window the cursor of its next page: its oldest reading shown (passed as `before`).
+
+    One reading more than the limit is read to know whether an older page exists.
+    """
+    if asked.empty:
+        return {}, {}
+    if asked.limit == 0:
+        return await sensor_histories(request, sensors, asked.window, 0), {}
+    found = await sensor_histories(request, sensors, asked.window, asked.limit + 1)
+    cursors: dict[int, dict[int, datetime]] = {}
+    for device_id, by_sensor in found.items():
+        for sensor_id, readings in by_sensor.items():
+            if len(readings) > asked.limit:
+                del readings[asked.limit :]
+                cursors.setdefault(device_id, {})[sensor_id] = readings[-1].recorded_at
+    return found, cursors
+
+
 # ---------------------------------------------------------------- handlers
 
 
@@ -148,8 +206,7 @@ async def list_devices(request: web.Request) -> web.Response:
     """GET /api/users/{userId}/devices"""
     settings = request.app[SETTINGS]
     page, size = query.page(request, settings.DEFAULT_PAGE_SIZE, settings.MAX_PAGE_SIZE)
-    window = query.window(request)
-    limit = query.history_limit(request, settings.DEFAULT_HISTORY_LIMIT, settings.MAX_HISTORY_LIMIT)
+    asked = query.history_query(request, settings.DEFAULT_HISTORY_LIMIT, settings.MAX_HISTORY_LIMIT)
     only = query.optional_id(request, query.DEVICE_FILTER)
     db = request.app[SERVICES].db
     user = await owner(request)
@@ -159,11 +216,14 @@ async def list_devices(request: web.Request) -> web.Response:
     else:
         total = await views.count_devices(db, user.tlink_user_id)
         devices = await views.list_devices(db, user.tlink_user_id, size, (page - 1) * size)
-    sensors = await views.sensors_of(db, [d.device_id for d in devices])
-    found = await sensor_histories(request, sensors, window, limit)
+    sensors = only_sensors(await views.sensors_of(db, [d.device_id for d in devices]), asked.sensor_ids)
+    found, cursors = await history_pages(request, sensors, asked)
+    zone = answer_zone(settings)
     items = [
-        {**device_part(d), "sensors": with_history(sensors[d.device_id], found.get(d.device_id, {}))} for d in devices
-    ]
+        {**device_part(d, zone),
+         "sensors": with_history(sensors[d.device_id], found.get(d.device_id, {}), zone, cursors.get(d.device_id))}
+        for d in devices
+    ]  # fmt: skip
     pagination = {"page": page, "pageSize": size, "total": total, "pages": math.ceil(total / size)}
     return answer(schemas.DevicesAnswer, {"user": user_part(user), "pagination": pagination, "devices": items})
 
@@ -174,22 +234,91 @@ async def latest(request: web.Request) -> web.Response:
     user = await owner(request)
     device = await owned_device(request, user, device_id)
     sensors = (await views.sensors_of(request.app[SERVICES].db, [device_id]))[device_id]
-    items = [{**sensor_part(s), "latest": latest_part(s)} for s in sensors]
-    return answer(schemas.LatestAnswer, {"user": user_part(user), "device": device_part(device), "sensors": items})
+    zone = answer_zone(request.app[SETTINGS])
+    items = [{**sensor_part(s, zone), "latest": latest_part(s, zone)} for s in sensors]
+    data = {"user": user_part(user), "device": device_part(device, zone), "sensors": items}
+    return answer(schemas.LatestAnswer, data)
 
 
-async def history(request: web.Request) -> web.Response:
-    """GET /api/users/{userId}/devices/{deviceId}/history"""
+async def history(request: web.Request) -> web.StreamResponse:
+    """GET /api/users/{userId}/devices/{deviceId}/history (JSON, or CSV with format=csv / Accept: text/csv)"""
     settings = request.app[SETTINGS]
     device_id = query.path_id(request, query.DEVICE_ID)
-    window = query.window(request)
-    limit = query.history_limit(request, settings.DEFAULT_HISTORY_LIMIT, settings.MAX_HISTORY_LIMIT)
+    asked = query.history_query(request, settings.DEFAULT_HISTORY_LIMIT, settings.MAX_HISTORY_LIMIT)
+    form = query.answer_format(request)
     user = await owner(request)
     device = await owned_device(request, user, device_id)
     sensors = await views.sensors_of(request.app[SERVICES].db, [device_id])
-    found = (await sensor_histories(request, sensors, window, limit)).get(device_id, {})
-    data = {"user": user_part(user), "device": device_part(device), "sensors": with_history(sensors[device_id], found)}
+    if asked.sensor_ids is not None:
+        unknown = sorted(asked.sensor_ids - {s.sensor_id for s in sensors[device_id]})
+        if unknown:
+            listed = ", ".join(map(str, unknown))
+            raise ApiError(404, f"sensorId {listed}: not a sensor of device {device_id}")
+    sensors = only_sensors(sensors, asked.sensor_ids)
+    found, cursors = await history_pages(request, sensors, asked)
+    zone = answer_zone(settings)
+    if form == "csv":
+        return await csv_answer(request, csv_rows(device_id, sensors[device_id], found.get(device_id, {}), zone))
+    items = with_history(sensors[device_id], found.get(device_id, {}), zone, cursors.get(device_id))
+    data = {"user": user_part(user), "device": device_part(device, zone), "sensors": items}
     return answer(schemas.HistoryAnswer, data)
+
+
+# ---------------------------------------------------------------- CSV export
+
+CSV_HEADER = ("deviceId", "sensorId", "sensorName", "unit", "recordedAt", "value", "rawValue", "isAlarm", "isLine")
+CSV_CONTENT_TYPE = "text/csv; charset=utf-8"
+CSV_ROWS_PER_WRITE = 500
+CsvRow = tuple[int, int, str | None, str | None, str | None, str | None, str | None, str, str]
+
+
+def _flag_text(flag: bool | None) -> str:
+    return "" if flag is None else "true" if flag else "false"
+
+
+def csv_rows(
+    device_id: int, sensors: list[SensorView], found: dict[int, list[Reading]], zone: tzinfo | None
+) -> list[CsvRow]:
+    """One row per reading: the sensors in display order, each one's readings newest first (as in JSON)."""
+    return [
+        (device_id, s.sensor_id, s.sensor_name, s.unit, _time_text(r.recorded_at, zone), r.value, r.raw_value,
+         _flag_text(r.is_alarm), _flag_text(r.is_line))
+        for s in sensors
+        for r in found.get(s.sensor_id, [])
+    ]  # fmt: skip
+
+
+def _csv_chunks(rows: list[CsvRow]) -> Iterator[bytes]:
+    """The CSV text (RFC 4180: CRLF, fields quoted when needed), header first, a few hundred rows a chunk."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)  # None is written as an empty field
+    writer.writerow(CSV_HEADER)
+    for start in range(0, len(rows), CSV_ROWS_PER_WRITE):
+        writer.writerows(rows[start : start + CSV_ROWS_PER_WRITE])
+        yield buffer.getvalue().encode()
+        buffer.seek(0)
+        buffer.truncate()
+    if buffer.tell():
+        yield buffer.getvalue().encode()
+
+
+async def csv_answer(request: web.Request, rows: list[CsvRow]) -> web.StreamResponse:
+    """Stream the rows as CSV, with an ETag of the rows (304 when If-None-Match names it), gzipped when accepted."""
+    etag = caching.etag_of(b"csv\n", orjson.dumps(rows))
+    if caching.matches(request, etag):
+        return caching.not_modified(etag, vary=True)
+    response = web.StreamResponse(headers={"Content-Type": CSV_CONTENT_TYPE})
+    caching.validate(response, etag)
+    if request.method == "HEAD":  # the headers only: aiohttp would send what a stream writes, even for HEAD
+        response.headers.add("Vary", "Accept-Encoding")
+        await response.prepare(request)
+        return response
+    caching.negotiate_encoding(request, response)
+    await response.prepare(request)
+    for chunk in _csv_chunks(rows):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 async def events(request: web.Request) -> web.Response:
@@ -210,7 +339,7 @@ async def events(request: web.Request) -> web.Response:
     )  # fmt: skip
     data = {
         "user": user_part(user),
-        "device": device_part(device),
+        "device": device_part(device, answer_zone(settings)),
         "pagination": {"page": page, "pageSize": size, "hasMore": more},
         "events": items,
     }
@@ -233,15 +362,16 @@ async def coverage(request: web.Request) -> web.Response:
         services.db, settings.SYNC_LOG_DIR, device_id, sensors, day, settings.BACKFILL_LOOKBACK_DAYS, today
     )
     quota = {"day": today, "limit": settings.BACKFILL_MAX_CALLS_PER_SENSOR_PER_DAY}
-    items = [coverage_part(c, quota) for c in found]
-    data = {"user": user_part(user), "device": device_part(device), "day": day.isoformat(), "sensors": items}
+    zone = answer_zone(settings)
+    items = [coverage_part(c, quota, zone) for c in found]
+    data = {"user": user_part(user), "device": device_part(device, zone), "day": day.isoformat(), "sensors": items}
     return answer(schemas.CoverageAnswer, data)
 
 
-def coverage_part(found: SensorCoverage, quota: dict[str, Any]) -> dict[str, Any]:
+def coverage_part(found: SensorCoverage, quota: dict[str, Any], zone: tzinfo | None = None) -> dict[str, Any]:
     """The coverage shape of one sensor."""
     gaps = [
-        {"start": _time_text(g.gap.start), "end": _time_text(g.gap.end), "missing": g.gap.missing,
+        {"start": _time_text(g.gap.start, zone), "end": _time_text(g.gap.end, zone), "missing": g.gap.missing,
          "askedVendor": g.answered}
         for g in found.gaps
     ]  # fmt: skip

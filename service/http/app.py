@@ -34,6 +34,7 @@ from service.http.keys import (
     SYNC_STATS,
 )
 from service.http.middleware.auth import api_key_middleware
+from service.http.middleware.caching import cache_middleware
 from service.http.middleware.cors import add_origin, cors_middleware
 from service.http.middleware.errors import error_middleware
 from service.http.middleware.metrics import metrics_middleware
@@ -53,7 +54,8 @@ def create_app(settings: Settings, **services: Any) -> web.Application:
     `services` go to service.bootstrap.open_services (a test's own recorder, for example).
     """
     # Outermost first: metrics sees the answer the error middleware made of any error.
-    middlewares = [metrics_middleware, error_middleware, cors_middleware, api_key_middleware]
+    # Innermost: the caching middleware sees the handler's own answers (ETag, 304, gzip of GET /api/* 200s).
+    middlewares = [metrics_middleware, error_middleware, cors_middleware, api_key_middleware, cache_middleware]
     app = web.Application(client_max_size=settings.MAX_BODY_BYTES, middlewares=middlewares)
     app[SETTINGS] = settings
     app[SYNC_STATS], app[RETENTION_STATS], app[BACKFILL_STATS] = SyncStats(), RetentionStats(), BackfillStats()

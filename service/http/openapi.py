@@ -41,6 +41,8 @@ class Operation:
     auth: Literal["api", "webhook", "none"] = "api"
     body: type[BaseModel] | None = None
     tags: tuple[str, ...] = field(default=("read",))
+    validators: bool = False  # 200 carries an ETag; If-None-Match naming it is a 304 (middleware/caching.py)
+    media: dict[str, dict[str, Any]] = field(default_factory=dict)  # further content types of the 200 answer
 
 
 BAD = (400, ("a parameter is malformed; the error names it", schemas.ErrorAnswer))
@@ -49,11 +51,34 @@ NOT_FOUND = (404, ("unknown user, or the device is not that user's", schemas.Err
 UNAVAILABLE = (503, ("the database is unavailable; retry later", schemas.ErrorAnswer))
 
 
-def read_operation(path: str, summary: str, model: type[BaseModel], params: tuple[Param, ...]) -> Operation:
-    """A GET of the read API answering `model`, with the read API's error answers."""
+ETAG_HEADER = {
+    "ETag": {
+        "description": "weak entity tag of the answer; send it back as If-None-Match to get a 304 while it holds",
+        "schema": {"type": "string", "pattern": '^W/"[0-9a-f]{32}"$'},
+    }
+}
+NOT_MODIFIED = "If-None-Match names the answer's current ETag (or is *): the stored answer holds; no body"
+CSV = "text/csv"
+CSV_MEDIA = {
+    CSV: {
+        "schema": {"type": "string", "description": "RFC 4180 CSV, UTF-8, CRLF line ends, a header row first"},
+        "example": "deviceId,sensorId,sensorName,unit,recordedAt,value,rawValue,isAlarm,isLine\r\n"
+        "2864,11923,Level,mm,2019-05-10T14:16:21,28.6,2.7434,false,true\r\n",
+    }
+}
+
+
+def read_operation(
+    path: str,
+    summary: str,
+    model: type[BaseModel],
+    params: tuple[Param, ...],
+    media: dict[str, dict[str, Any]] | None = None,
+) -> Operation:
+    """A GET of the read API answering `model` (and `media`), with validators and the read API's error answers."""
     responses: dict[int, tuple[str, Content]] = {200: ("OK", model)}
     responses.update([BAD, UNAUTHORIZED, NOT_FOUND, UNAVAILABLE])
-    return Operation("get", path, summary, responses, params)
+    return Operation("get", path, summary, responses, params, validators=True, media=media or {})
 
 
 def _parameter(param: Param, settings: Settings) -> dict[str, Any]:
@@ -109,6 +134,11 @@ def _operation(op: Operation, settings: Settings, refs: dict[type[BaseModel], di
         "responses": {str(s): {"description": d, "content": _content(m, refs)} for s, (d, m) in op.responses.items()},
         "security": _security(op, settings),
     }
+    if 200 in op.responses:
+        doc["responses"]["200"]["content"].update(op.media)
+    if op.validators:
+        doc["responses"]["200"]["headers"] = ETAG_HEADER
+        doc["responses"]["304"] = {"description": NOT_MODIFIED, "headers": ETAG_HEADER}
     if op.body is not None:
         doc["requestBody"] = {"required": True, "content": {JSON: {"schema": refs[op.body]}}}
     return doc

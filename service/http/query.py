@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -80,6 +80,20 @@ COVERAGE_DAY = Param(
     " clock, TLINK_TIMEZONE; UTC when unset)",
 )  # fmt: skip
 EVENT_TYPE = Param("type", "query", {"type": "string", "enum": sorted(EVENT_TYPES)}, "only events of this type")
+SENSOR_FILTER = Param(
+    "sensorId", "query", {"type": "array", "items": _ID},
+    "only these sensors (repeat the parameter for several: ?sensorId=1&sensorId=2)",
+)  # fmt: skip
+BEFORE = Param(
+    "before", "query", {"type": "string", "pattern": TIME_PATTERN},
+    "cursor: only readings strictly older than this reading time (YYYY-MM-DD HH:MM:SS or with T, platform time);"
+    " pass a sensor's `next` to get its next older page; not after startTime (a schema cannot say so)",
+)  # fmt: skip
+FORMATS = ("csv", "json")
+FORMAT = Param(
+    "format", "query", {"type": "string", "enum": list(FORMATS)},
+    "json (default) or csv (one row per reading); without it, an Accept header preferring text/csv gives csv",
+)  # fmt: skip
 
 
 def path_id(request: web.Request, param: Param) -> int:
@@ -157,6 +171,83 @@ def window(request: web.Request) -> Window:
     if start is not None and end is not None and start > end:
         raise ApiError(400, f"startTime ({start:%Y-%m-%d %H:%M:%S}) is after endTime ({end:%Y-%m-%d %H:%M:%S})")
     return Window(start, end)
+
+
+ONE_SECOND = timedelta(seconds=1)  # the resolution of reading times
+_FIRST_MOMENT = datetime(MIN_YEAR, 1, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    """What a history request asks for: the window (`before` folded into its end), the readings per sensor,
+    the sensors (None: all) and whether the window can hold anything at all."""
+
+    window: Window
+    limit: int
+    sensor_ids: frozenset[int] | None
+    empty: bool
+
+
+def history_query(request: web.Request, default_limit: int, max_limit: int) -> HistoryQuery:
+    """startTime, endTime, before, historyLimit and sensorId of a history request, each checked."""
+    found = window(request)
+    limit = history_limit(request, default_limit, max_limit)
+    sensor_ids = sensor_filter(request)
+    before = _platform_time_param(request, BEFORE)
+    if before is None:
+        return HistoryQuery(found, limit, sensor_ids, False)
+    if found.start is not None and found.start >= before:
+        raise ApiError(400, f"before ({before:%Y-%m-%d %H:%M:%S}) must be after startTime"
+                            f" ({found.start:%Y-%m-%d %H:%M:%S})")  # fmt: skip
+    if before == _FIRST_MOMENT:  # nothing is older than the first moment readings can have
+        return HistoryQuery(found, limit, sensor_ids, True)
+    end = before - ONE_SECOND if found.end is None else min(found.end, before - ONE_SECOND)
+    return HistoryQuery(Window(found.start, end), limit, sensor_ids, False)
+
+
+def sensor_filter(request: web.Request) -> frozenset[int] | None:
+    """sensorId, repeatable: the sensors asked for, or None when the parameter is absent."""
+    given = request.query.getall(SENSOR_FILTER.name, [])
+    return frozenset(_positive(SENSOR_FILTER.name, text) for text in given) if given else None
+
+
+def answer_format(request: web.Request) -> str:
+    """csv or json: ?format= when given (anything else is a 400), else what the Accept header prefers."""
+    text = request.query.get(FORMAT.name)
+    if text is not None:
+        if text not in FORMATS:
+            raise ApiError(400, f"format must be one of {', '.join(FORMATS)}, got {text!r}")
+        return text
+    accept = request.headers.get("Accept", "")
+    return "csv" if _quality(accept, "text", "csv") > _quality(accept, "application", "json") else "json"
+
+
+def _quality(accept: str, kind: str, sub: str) -> float:
+    """The q value an Accept header gives a media type (the most specific range that matches; 0 if none)."""
+    best, quality = -1, 0.0
+    for item in accept.split(","):
+        media, *options = item.strip().split(";")
+        media_kind, _, media_sub = media.strip().lower().partition("/")
+        if media_kind == kind and media_sub == sub:
+            rank = 2
+        elif media_kind == kind and media_sub == "*":
+            rank = 1
+        elif media_kind == "*" and media_sub == "*":
+            rank = 0
+        else:
+            continue
+        q = 1.0
+        for option in options:
+            name, _, value = option.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0
+                q = q if 0.0 <= q <= 1.0 else 0.0  # NaN and out of range too
+        if rank > best:
+            best, quality = rank, q
+    return quality
 
 
 def day(request: web.Request, param: Param = DAY) -> str | None:

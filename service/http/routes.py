@@ -19,7 +19,7 @@ from service.http.webhook import WEBHOOK_PATH, receive_push
 Handler = Callable[[web.Request], Coroutine[Any, Any, web.StreamResponse]]
 
 _DEVICE = (query.USER_ID, query.DEVICE_ID)
-_WINDOW = (query.START_TIME, query.END_TIME, query.HISTORY_LIMIT)
+_WINDOW = (query.START_TIME, query.END_TIME, query.HISTORY_LIMIT, query.BEFORE, query.SENSOR_FILTER)
 
 
 async def metrics_page(request: web.Request) -> web.StreamResponse:
@@ -57,9 +57,11 @@ ROUTES = (
     Route(
         read_operation(
             "/api/users/{userId}/devices/{deviceId}/history",
-            "History of each sensor of a device, read from the log files, newest first",
+            "History of each sensor of a device, read from the log files, newest first; as CSV with format=csv"
+            " or Accept: text/csv",
             schemas.HistoryAnswer,
-            (*_DEVICE, *_WINDOW),
+            (*_DEVICE, *_WINDOW, query.FORMAT),
+            openapi.CSV_MEDIA,
         ),
         api.history,
     ),
@@ -88,6 +90,7 @@ ROUTES = (
             "/api/reference/device-apis",
             "The TLINK REST endpoints this service relates to",
             dict([(200, ("OK", schemas.ReferenceAnswer)), UNAUTHORIZED]),
+            validators=True,
         ),
         api.device_apis,
     ),
@@ -97,6 +100,7 @@ ROUTES = (
             "/api/openapi.json",
             "This document",
             {200: ("OpenAPI 3.1 document", ANY_JSON), 401: UNAUTHORIZED[1]},
+            validators=True,
         ),
         openapi.document,
     ),
@@ -108,6 +112,7 @@ ROUTES = (
             {200: ("alive", schemas.HealthAnswer)},
             auth="none",
             tags=("operations",),
+            validators=True,
         ),
         health.health,
     ),
@@ -119,6 +124,7 @@ ROUTES = (
             {200: ("ready", schemas.ReadyAnswer), 503: ("not ready; `reasons` says why", schemas.ReadyAnswer)},
             auth="none",
             tags=("operations",),
+            validators=True,
         ),
         health.ready,
     ),

@@ -15,8 +15,18 @@ from service.http.query import CLOCK_PATTERN, TIME_PATTERN
 PlatformTime = Annotated[
     str,
     Field(
+        pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}([+-]\d{2}:\d{2}(:\d{2})?)?$",
+        description="TLINK platform time, ISO 8601: without a zone, as the vendor gives it, when TLINK_TIMEZONE is"
+        " unset; with the platform zone's UTC offset at that time when it is set (+08:00; an IANA zone's offset"
+        " before standard time may have seconds, +08:05:43)",
+        examples=["2019-05-10T14:16:21", "2019-05-10T14:16:21+08:00"],
+    ),
+]
+Cursor = Annotated[
+    str,
+    Field(
         pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$",
-        description="TLINK platform time, ISO 8601 without zone, as the vendor gives it",
+        description="a reading time as the `before` parameter takes it: platform time without a zone",
         examples=["2019-05-10T14:16:21"],
     ),
 ]
@@ -93,6 +103,10 @@ class SensorWithHistory(SensorSummary):
     """A sensor with its readings in the window, newest first, at most historyLimit."""
 
     history: list[ReadingOut]
+    next: Cursor | None = Field(
+        description="pass as `before` (with the same other parameters) for the next older page: the reading time of"
+        " the oldest reading shown; null when the window holds nothing older (and with historyLimit=0)"
+    )
 
 
 class SensorWithLatest(SensorSummary):

@@ -12,7 +12,8 @@ from service.http.keys import SETTINGS
 from service.http.middleware.errors import Handler, error_response
 
 ALLOW_METHODS = "GET, HEAD, POST, OPTIONS"
-ALLOW_HEADERS = "Authorization, Content-Type, X-TLink-Signature"
+ALLOW_HEADERS = "Authorization, Content-Type, X-TLink-Signature, If-None-Match"
+EXPOSE_HEADERS = "WWW-Authenticate, ETag"  # ETag: so browser code can send it back as If-None-Match
 MAX_AGE = "600"
 
 
@@ -64,4 +65,4 @@ async def add_origin(request: web.Request, response: web.StreamResponse) -> None
     allow = allowed_origin(origins, origin) if origin else None
     if allow is not None and "Access-Control-Allow-Origin" not in response.headers:
         response.headers["Access-Control-Allow-Origin"] = allow
-        response.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate"
+        response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
