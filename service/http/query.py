@@ -80,6 +80,17 @@ COVERAGE_DAY = Param(
     " clock, TLINK_TIMEZONE; UTC when unset)",
 )  # fmt: skip
 EVENT_TYPE = Param("type", "query", {"type": "string", "enum": sorted(EVENT_TYPES)}, "only events of this type")
+STREAM_DEVICES = Param(
+    "deviceId", "query", {"type": "array", "items": _ID},
+    "only these devices (repeat the parameter for more than one; 404 if one is not the user's)",
+)  # fmt: skip
+_HEX = "[0-9a-fA-F]"
+UUID7_PATTERN = f"^{_HEX}{{8}}-{_HEX}{{4}}-7{_HEX}{{3}}-[89abAB]{_HEX}{{3}}-{_HEX}{{12}}$"
+LAST_EVENT_ID = Param(
+    "lastEventId", "query", {"type": "string", "pattern": UUID7_PATTERN},
+    "resume after this event id (what the Last-Event-ID header says, which wins when both are sent); 410 if its day"
+    " is older than LOG_AGE",
+)  # fmt: skip
 
 
 def path_id(request: web.Request, param: Param) -> int:
@@ -91,6 +102,12 @@ def optional_id(request: web.Request, param: Param) -> int | None:
     """A positive integer id from the query, if given."""
     text = request.query.get(param.name)
     return None if text is None else _positive(param.name, text)
+
+
+def ids(request: web.Request, param: Param) -> list[int] | None:
+    """Positive integer ids from a repeatable query parameter (None: not given)."""
+    texts = request.query.getall(param.name, [])
+    return [_positive(param.name, text) for text in texts] if texts else None
 
 
 def _positive(name: str, text: str) -> int:
