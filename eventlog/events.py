@@ -70,15 +70,28 @@ class _Entropy:
 _entropy = _Entropy()
 
 
+_RAND_A = (1 << 12) - 1
+_RAND_B = (1 << 62) - 1
+_last_id: list[int] = [-1, 0]  # (millisecond, the 74 random bits) of the id made last
+
+
 def new_event_id(now_ms: int | None = None) -> str:
-    """A UUIDv7: time-ordered, so ids sort by the time they were made."""
-    ms = int(time.time() * 1000) if now_ms is None else now_ms
-    rand = int.from_bytes(_entropy.take(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80
+    """A UUIDv7: time-ordered, so ids sort by the time they were made.
+
+    Within one millisecond the ids of a process also sort in the order they were made: the
+    next one is the previous one plus one (RFC 9562 section 6.2, method 2), so a device's
+    log, and what the live stream sends, is in id order (service/http/stream.py).
+    """
+    ms = (int(time.time() * 1000) if now_ms is None else now_ms) & ((1 << 48) - 1)
+    rand = int.from_bytes(_entropy.take(10), "big") >> 6  # 74 random bits
+    if ms == _last_id[0] and _last_id[1] < (1 << 74) - 1:
+        rand = _last_id[1] + 1
+    _last_id[0], _last_id[1] = ms, rand
+    value = ms << 80
     value |= 0x7 << 76
-    value |= ((rand >> 62) & 0xFFF) << 64
+    value |= ((rand >> 62) & _RAND_A) << 64
     value |= 0b10 << 62
-    value |= rand & ((1 << 62) - 1)
+    value |= rand & _RAND_B
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 

@@ -3,6 +3,7 @@
     .venv/bin/python -m ops.bench_ingest [--duration 10] [--levels 1,8,32,128,512]
         [--database-url URL | --sqlite] [--url URL --pid PID] [--ceiling]
         [--profile /tmp/profile.txt --profile-level 32 [--profile-gil]]
+        [--history PAIRS] [--stream-clients N [--stream-pairs PAIRS]]
 
 Starts `tlink-push serve` pinned to core 0 (`taskset -c 0`) on a fresh MariaDB database
 (created and dropped here), sends one push per device (a device's first push creates its
@@ -11,12 +12,14 @@ folder and file), then runs wrk pinned to core 1 at each concurrency for
 devices with 4 to 8 sensors, body `time` advancing). Prints pushes/s, readings/s, latency
 percentiles, non-2xx answers, the server's RSS and CPU use per level, and saves them as JSON under
 ops/results/. `--ceiling` runs the same load against a trivial aiohttp handler that only
-parses the body, to show what the machine and aiohttp allow.
+parses the body, to show what the machine and aiohttp allow. `--history` and
+`--stream-clients` run each level alternately without and with readers beside the load.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import random
@@ -87,6 +90,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--history", type=int, default=0, metavar="PAIRS",
         help="run each level PAIRS times alone and with one history request always in flight, alternating",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stream-clients", type=int, default=0, metavar="N",
+        help="N live stream clients (GET /api/users/<user>/stream, spread over the benchmark's users) reading"
+        " and discarding; each level runs alternately without and with them (see --stream-pairs)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stream-pairs", type=int, default=2, metavar="PAIRS",
+        help="with --stream-clients: runs without and with the clients per level (default 2)",
     )  # fmt: skip
     parser.add_argument("--serve-ceiling", type=int, metavar="PORT", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -243,6 +255,69 @@ class HistoryReader:
             self._statuses[status] += 1
 
 
+# ---------------------------------------------------------------- live stream clients beside the load
+
+BENCH_USERS = 50  # ops/bench_ingest.lua: user 300 + index % 50
+
+
+class StreamClients:
+    """N open live streams, client i of user 300 + i % 50 (every push reaches N / 50 of them), read and
+    discarded from a thread on the load generator's core; counts the messages they got."""
+
+    def __init__(self, webhook_url: str, clients: int) -> None:
+        self._base = webhook_url.split("/api/", 1)[0]
+        self._clients = clients
+        self._messages = 0
+        self._statuses: Counter[int] = Counter()
+        self._connected = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="stream-clients", daemon=True)
+        self._started = 0.0
+
+    def start(self) -> None:
+        """Connect every client (each answered 200 before the level starts)."""
+        self._thread.start()
+        if not self._connected.wait(60):
+            raise RuntimeError(f"stream clients did not connect: statuses {dict(self._statuses)}")
+        self._started = time.monotonic()
+
+    def stop(self) -> dict[str, Any]:
+        """Disconnect; the messages the clients got and their rate."""
+        seconds = time.monotonic() - self._started
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join()
+        return {"clients": self._clients, "messages": self._messages,
+                "per_s": self._messages / seconds if seconds else 0.0, "statuses": dict(self._statuses)}  # fmt: skip
+
+    async def _main(self) -> None:
+        import aiohttp
+
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        opened = 0
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+            responses = []
+            for i in range(self._clients):
+                resp = await session.get(f"{self._base}/api/users/{300 + i % BENCH_USERS}/stream")
+                self._statuses[resp.status] += 1
+                responses.append(resp)
+                opened += resp.status == 200
+            if opened == self._clients:
+                self._connected.set()
+            readers = [asyncio.create_task(self._read(r)) for r in responses if r.status == 200]
+            await self._stop.wait()
+            for task in readers:
+                task.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+            for resp in responses:
+                resp.close()
+
+    async def _read(self, resp: Any) -> None:
+        async for chunk in resp.content.iter_any():
+            self._messages += chunk.count(b"\ndata: ")
+
+
 # ---------------------------------------------------------------- one level
 
 
@@ -254,6 +329,7 @@ def run_wrk(
     pid: int | None,
     db_url: str | None,
     history: HistoryReader | None = None,
+    streams: StreamClients | None = None,
 ) -> dict[str, Any]:
     """One wrk run at a concurrency on core 1; wrk's figures, the server's peak RSS, CPU and database work.
 
@@ -272,6 +348,8 @@ def run_wrk(
     counters_before = mysql_counters(db_url) if db_url else {}
     if history is not None:
         history.start()
+    if streams is not None:
+        streams.start()
     wrk = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     started = time.monotonic()
     peak_rss, wrk_cpu = 0, 0.0
@@ -283,6 +361,7 @@ def run_wrk(
     out, err = wrk.communicate()
     seconds = time.monotonic() - started
     history_figures = history.stop() if history is not None else None
+    stream_figures = streams.stop() if streams is not None else None
     used = [cpu_seconds(pid) - cpu_before[0] if pid else 0.0, cpu_seconds(db_pid) - cpu_before[1] if db_pid else 0.0]
     other = machine_cpu_seconds() - cpu_before[2] - sum(used) - wrk_cpu
     result = parse_wrk(out.decode(errors="replace"), err.decode(errors="replace"))
@@ -298,6 +377,8 @@ def run_wrk(
     result["rss_peak_kb"] = peak_rss or None
     if history_figures is not None:
         result["history"] = history_figures
+    if stream_figures is not None:
+        result["streams"] = stream_figures
     return result
 
 
@@ -395,6 +476,7 @@ def report(levels: list[dict[str, Any]]) -> str:
         errors = sum(r["socket_errors"].values())
         rss = f"{r['rss_peak_kb'] / 1024:.0f}" if r.get("rss_peak_kb") else "-"
         marks = (" (profiled)" if r.get("profile") else "") + (" +history" if r.get("history") else "")
+        marks += f" +{r['streams']['clients']} streams" if r.get("streams") else ""
         label = f"{r['concurrency']}{marks}"
         cpu = [_pct(r[f"{k}_pct"]) for k in ("server_cpu", "server_core_busy", "db_cpu", "wrk_cpu", "other_cpu")]
         rows.append([label, r["pushes_per_s"], r["readings_per_s"], lat["p50"], lat["p90"], lat["p99"], lat["max"],
@@ -422,6 +504,25 @@ def history_report(levels: list[dict[str, Any]]) -> str:
                   "history p99 ms", "history statuses"], rows)  # fmt: skip
 
 
+def stream_report(levels: list[dict[str, Any]]) -> str:
+    """Per concurrency: pushes/s without and with the stream clients, and the messages they got."""
+    rows = []
+    for concurrency in dict.fromkeys(r["concurrency"] for r in levels if "streams" in r):
+        alone = [r for r in levels if r["concurrency"] == concurrency and "streams" not in r and not r.get("profile")]
+        beside = [r for r in levels if r["concurrency"] == concurrency and "streams" in r]
+        without = sum(r["pushes_per_s"] for r in alone) / len(alone)
+        with_streams = sum(r["pushes_per_s"] for r in beside) / len(beside)
+        statuses: Counter[int] = Counter()
+        for r in beside:
+            statuses.update(r["streams"]["statuses"])
+        rows.append([concurrency, " / ".join(f"{r['pushes_per_s']:,.0f}" for r in alone),
+                     " / ".join(f"{r['pushes_per_s']:,.0f}" for r in beside), without, with_streams,
+                     f"{100 * (with_streams / without - 1):+.1f} %",
+                     sum(r["streams"]["per_s"] for r in beside) / len(beside), dict(statuses)])  # fmt: skip
+    return table(["conc", "runs without", "runs with", "mean without", "mean with", "change", "messages/s",
+                  "stream statuses"], rows)  # fmt: skip
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
@@ -441,13 +542,17 @@ def benchmark(args: argparse.Namespace, workdir: Path, database_url: str | None)
                   f" {warm['pushes_per_s']:,.0f} pushes/s, statuses {warm['statuses']}", flush=True)  # fmt: skip
         levels: list[dict[str, Any]] = []
         for concurrency in (int(c) for c in args.levels.split(",")):
-            for beside_history in [False, True] * args.history if args.history else [False]:
-                history = HistoryReader(url, args.devices, args.seed + len(levels)) if beside_history else None
-                result = run_wrk(url, concurrency, args, len(levels), pid, database_url, history)
+            pairs = args.history or (args.stream_pairs if args.stream_clients else 0)
+            for beside in [False, True] * pairs if pairs else [False]:
+                history = HistoryReader(url, args.devices, args.seed + len(levels)) if beside and args.history else None
+                streams = StreamClients(url, args.stream_clients) if beside and args.stream_clients else None
+                result = run_wrk(url, concurrency, args, len(levels), pid, database_url, history, streams)
                 levels.append(result)
-                beside = f", history {result['history']['per_s']:.0f} req/s" if history else ""
+                note = f", history {result['history']['per_s']:.0f} req/s" if history else ""
+                if streams:
+                    note += f", {args.stream_clients} streams got {result['streams']['per_s']:,.0f} messages/s"
                 print(f"  concurrency {concurrency}: {result['pushes_per_s']:,.0f} pushes/s,"
-                      f" p99 {result['latency_ms']['p99']:.1f} ms, non-2xx {result['non_2xx']}{beside}",
+                      f" p99 {result['latency_ms']['p99']:.1f} ms, non-2xx {result['non_2xx']}{note}",
                       flush=True)  # fmt: skip
         if args.profile is not None and pid is not None:
             levels.append(run_profiled(url, args, len(levels), pid))
@@ -503,6 +608,9 @@ def print_results(args: argparse.Namespace, results: dict[str, Any], server_log:
     if args.history:
         print("ingest beside one /history request always in flight (means of the alternating runs):")
         print(history_report(results["levels"]))
+    if args.stream_clients:
+        print(f"ingest beside {args.stream_clients} live stream clients (alternating runs):")
+        print(stream_report(results["levels"]))
     memory = results["server_memory_kb"]
     if memory:
         print(f"server memory at the end: VmRSS {memory.get('VmRSS', 0) / 1024:.0f} MB,"

@@ -37,6 +37,7 @@ from projections.recorder import Position, Recorder
 log = logging.getLogger("tlink.projector")
 
 BatchObserver = Callable[[int, float], None]  # (events, seconds)
+AppliedObserver = Callable[[list[Placed]], None]  # the events of a commit, once the read models show them
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,7 @@ class Projector:
         batch_limit: int = 2000,
         retry_seconds: float = 1.0,
         on_batch: BatchObserver | None = None,
+        on_applied: AppliedObserver | None = None,
     ) -> None:
         self.recorder = recorder
         self.root = root
@@ -125,6 +127,7 @@ class Projector:
         self.batch_limit = batch_limit
         self.retry_seconds = retry_seconds
         self._on_batch = on_batch
+        self.on_applied = on_applied  # hears of every commit, after the positions moved (the live stream)
         self._positions: dict[int, Position] | None = None
         self._behind: set[int] = set()
         self._queue: list[_Item] = []  # submitted, for the next hot batch
@@ -187,6 +190,10 @@ class Projector:
             and device_id not in self._behind
             and device_id not in self.stopped
         )
+
+    def positions(self) -> dict[int, Position]:
+        """How far the recorder holds each device's log, as of now (a copy; empty before positions load)."""
+        return dict(self._positions or {})
 
     @property
     def queued(self) -> int:
@@ -396,6 +403,11 @@ class Projector:
         self.stats.last_applied_at = asyncio.get_running_loop().time()
         if self._on_batch is not None and placed:
             self._on_batch(len(placed), seconds)
+        if self.on_applied is not None and placed:
+            try:
+                self.on_applied(placed)
+            except Exception:  # an observer's bug must never stop the projection
+                log.exception("the applied-events observer failed")
 
     def _stop_all(self, stops: Iterable[DeviceStop]) -> None:
         """Stop these devices' projection, loudly; a device keeps the earliest line it stopped at."""

@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     BACKFILL_LOOKBACK_DAYS: int = Field(2, ge=1, le=60)
     BACKFILL_MAX_CALLS_PER_SENSOR_PER_DAY: int = Field(40, ge=1, le=50)  # the vendor allows 50
     BACKFILL_PAGE_SIZE: int = Field(100, ge=1, le=100)
+    STREAM_HEARTBEAT_SECONDS: float = Field(15.0, gt=0)  # a comment line on an idle stream this often
+    STREAM_QUEUE_EVENTS: int = Field(1000, ge=1)  # events queued per stream client; a client further behind is dropped
 
     @field_validator("API_KEYS", "CORS_ALLOWED_ORIGINS", mode="before")
     @classmethod

@@ -33,6 +33,7 @@ from service.bootstrap import Services
 from service.jobs.backfill import BackfillStats
 from service.jobs.retention import RetentionStats
 from service.jobs.sync import SyncReport, SyncStats
+from service.stream import StreamStats
 
 # The outcome of a push whose client disconnected before its body was received.
 ABORTED = "aborted"
@@ -64,6 +65,7 @@ class Metrics:
         sync: SyncStats,
         retention: RetentionStats,
         backfill: BackfillStats,
+        stream: StreamStats | None = None,
     ) -> None:
         # Per app, not the global REGISTRY, so a process (or a test) can hold many apps.
         self.registry = CollectorRegistry(auto_describe=True)
@@ -112,7 +114,7 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
-        r.register(StateCollector(services, sync, retention, backfill))
+        r.register(StateCollector(services, sync, retention, backfill, stream or StreamStats()))
         sync.observers.append(self.observe_sync)
         self._page = make_aiohttp_handler(r)
 
@@ -160,8 +162,10 @@ class StateCollector(Collector):
         sync: SyncStats,
         retention: RetentionStats,
         backfill: BackfillStats,
+        stream: StreamStats,
     ) -> None:
         self._services = services
+        self._stream_stats = stream
         self._sync_stats = sync
         self._retention_stats = retention
         self._backfill_stats = backfill
@@ -175,6 +179,7 @@ class StateCollector(Collector):
         yield from self._sync()
         yield from self._backfill()
         yield from self._retention()
+        yield from self._stream()
 
     def _repairs(self, services: Services) -> Iterator[Metric]:
         repairs = services.store.repairs
@@ -310,15 +315,35 @@ class StateCollector(Collector):
             )  # fmt: skip
 
 
+    def _stream(self) -> Iterator[Metric]:
+        stats = self._stream_stats
+        yield GaugeMetricFamily(
+            "tlink_stream_open", "Live streams (GET /api/users/<userId>/stream) open now.", value=stats.open
+        )
+        yield CounterMetricFamily(
+            "tlink_stream_events_sent", "Events written to live stream clients (each client counted).",
+            value=stats.events_sent,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "tlink_stream_clients_dropped",
+            "Live stream clients closed with `event: overflow` for falling STREAM_QUEUE_EVENTS behind.",
+            value=stats.clients_dropped,
+        )
+
+
 def _wall_clock(loop_time: float) -> float:
     """A reading of the event loop's clock (time.monotonic) as Unix time."""
     return time.time() - (time.monotonic() - loop_time)
 
 
 def new_metrics(
-    services: Callable[[], Services | None], sync: SyncStats, retention: RetentionStats, backfill: BackfillStats
+    services: Callable[[], Services | None],
+    sync: SyncStats,
+    retention: RetentionStats,
+    backfill: BackfillStats,
+    stream: StreamStats | None = None,
 ) -> Metrics:
     """The metrics of one app."""
     # The `_created` series double the output and Prometheus ignores them in text format.
     disable_created_metrics()  # type: ignore[no-untyped-call]
-    return Metrics(services, sync, retention, backfill)
+    return Metrics(services, sync, retention, backfill, stream)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 import orjson
@@ -45,6 +46,13 @@ def test_line_fields_and_format():
 def test_event_ids_are_time_ordered_uuid7():
     first, second = new_event_id(1_000), new_event_id(2_000)
     assert first[14] == "7" and first < second
+
+
+def test_event_ids_of_one_millisecond_sort_in_the_order_they_were_made():
+    ids = [new_event_id(5_000) for _ in range(1000)]
+    assert ids == sorted(ids) and len(set(ids)) == 1000
+    assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
+    assert new_event_id(4_000) < ids[0]  # another millisecond starts afresh
 
 
 @pytest.mark.parametrize("line", [b"", b"{", b'{"v":1}', b"[1,2]", b'{"id":"x","type":"push"}'])

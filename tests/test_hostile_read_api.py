@@ -117,7 +117,7 @@ def test_every_integer_parameter_states_minimum_and_maximum_and_every_string_a_p
             assert "minimum" in schema and "maximum" in schema, (template, param["name"])
         else:
             assert "pattern" in schema or "enum" in schema, (template, param["name"])
-    by_name = {p["name"]: p["schema"] for _, p in listed}
+    by_name = {p["name"]: p["schema"].get("items", p["schema"]) for _, p in listed}
     assert by_name["page"]["maximum"] == by_name["pageSize"]["maximum"] == query.MAX_PAGE
     assert by_name["userId"]["maximum"] == by_name["deviceId"]["maximum"] == MAX_ID
 

@@ -30,6 +30,8 @@ from service.http.keys import (
     SCHEDULER,
     SERVICES,
     SETTINGS,
+    STREAM_HUB,
+    STREAM_STATS,
     SYNC_JOB,
     SYNC_STATS,
 )
@@ -41,11 +43,13 @@ from service.http.middleware.metrics import metrics_middleware
 from service.http.openapi import build_document
 from service.http.readiness import ReadyNotes
 from service.http.routes import OPERATIONS, add_routes
+from service.http.stream import LiveText
 from service.jobs.backfill import BackfillStats
 from service.jobs.retention import RetentionStats
 from service.jobs.scheduler import run_jobs
 from service.jobs.sync import SyncStats
 from service.metrics import new_metrics
+from service.stream import StreamHub, StreamStats
 
 
 def create_app(settings: Settings, **services: Any) -> web.Application:
@@ -59,7 +63,10 @@ def create_app(settings: Settings, **services: Any) -> web.Application:
     app = web.Application(client_max_size=settings.MAX_BODY_BYTES, middlewares=middlewares)
     app[SETTINGS] = settings
     app[SYNC_STATS], app[RETENTION_STATS], app[BACKFILL_STATS] = SyncStats(), RetentionStats(), BackfillStats()
-    app[METRICS] = new_metrics(lambda: app.get(SERVICES), app[SYNC_STATS], app[RETENTION_STATS], app[BACKFILL_STATS])
+    app[STREAM_STATS] = StreamStats()
+    app[METRICS] = new_metrics(
+        lambda: app.get(SERVICES), app[SYNC_STATS], app[RETENTION_STATS], app[BACKFILL_STATS], app[STREAM_STATS]
+    )
     app[BODY_BUDGET] = BodyBudget(settings.MAX_BUFFERED_BODY_BYTES)
     app[READY_NOTES] = ReadyNotes()
     app[OPENAPI_DOCUMENT] = orjson.dumps(build_document(settings, OPERATIONS))
@@ -67,6 +74,7 @@ def create_app(settings: Settings, **services: Any) -> web.Application:
     app.on_response_prepare.append(add_origin)
     app.cleanup_ctx.append(_services_ctx(services))
     app.cleanup_ctx.append(jobs_ctx)  # starts after the services and stops before them
+    app.on_shutdown.append(close_streams)  # before the server waits for its handlers to finish
     use_json_error_server(app)
     return app
 
@@ -80,9 +88,23 @@ def _services_ctx(options: dict[str, Any]) -> Any:
             backfill_stats=app[BACKFILL_STATS], **options
         ) as services:
             app[SERVICES] = services
-            yield
+            hub = StreamHub(services.projector, LiveText(), app[SETTINGS].STREAM_QUEUE_EVENTS, app[STREAM_STATS])
+            services.projector.on_applied = hub.publish
+            app[STREAM_HUB] = hub
+            try:
+                yield
+            finally:
+                services.projector.on_applied = None
+                hub.close()
 
     return services_ctx
+
+
+async def close_streams(app: web.Application) -> None:
+    """End every live stream, so that shutting down does not wait for their clients."""
+    hub = app.get(STREAM_HUB)
+    if hub is not None:
+        hub.close()
 
 
 async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:

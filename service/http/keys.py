@@ -15,6 +15,7 @@ from service.jobs.retention import RetentionStats
 from service.jobs.scheduler import ExclusiveJob
 from service.jobs.sync import SyncReport, SyncStats
 from service.metrics import Metrics
+from service.stream import StreamHub, StreamStats
 
 # Set by create_app, readable from the app's creation on.
 SETTINGS = web.AppKey("settings", Settings)
@@ -25,6 +26,7 @@ RETENTION_STATS = web.AppKey("retention_stats", RetentionStats)
 BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
 READY_NOTES = web.AppKey("ready_notes", ReadyNotes)
 OPENAPI_DOCUMENT = web.AppKey("openapi_document", bytes)
+STREAM_STATS = web.AppKey("stream_stats", StreamStats)
 
 # Set once the app has started (service.http.app's cleanup contexts).
 SERVICES = web.AppKey("services", Services)
@@ -32,6 +34,7 @@ SCHEDULER = web.AppKey("scheduler", AsyncIOScheduler)
 SYNC_JOB: web.AppKey[ExclusiveJob[SyncReport]] = web.AppKey("sync_job")  # only when the sync is scheduled
 RETENTION_JOB: web.AppKey[ExclusiveJob[PruneReport]] = web.AppKey("retention_job")
 BACKFILL_JOB: web.AppKey[ExclusiveJob[BackfillReport]] = web.AppKey("backfill_job")  # only when scheduled
+STREAM_HUB = web.AppKey("stream_hub", StreamHub)  # the live stream's fan-out, fed by the projector
 
 # Set by the webhook handler for the metrics middleware.
 PUSH_OUTCOME = web.RequestKey("push_outcome", str)  # "ok", "duplicate" or service.metrics.ABORTED

@@ -25,8 +25,10 @@ JSON = "application/json"
 
 
 ANY_JSON: Literal["any json"] = "any json"
-# What a response holds: a model; None: text; ANY_JSON: a JSON object of no stated shape.
-Content = type[BaseModel] | Literal["any json"] | None
+EVENT_STREAM: Literal["event stream"] = "event stream"
+# What a response holds: a model; None: text; ANY_JSON: a JSON object of no stated shape;
+# EVENT_STREAM: Server-Sent Events (text/event-stream).
+Content = type[BaseModel] | Literal["any json", "event stream"] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +40,7 @@ class Operation:
     summary: str
     responses: dict[int, tuple[str, Content]]  # status -> (description, content)
     params: tuple[Param, ...] = ()
-    auth: Literal["api", "webhook", "none"] = "api"
+    auth: Literal["api", "stream", "webhook", "none"] = "api"  # stream: the API key, or it as ?access_token=
     body: type[BaseModel] | None = None
     tags: tuple[str, ...] = field(default=("read",))
     validators: bool = False  # 200 carries an ETag; If-None-Match naming it is a 304 (middleware/caching.py)
@@ -113,12 +115,16 @@ def _content(model: Content, refs: dict[type[BaseModel], dict[str, Any]]) -> dic
         return {"text/plain": {"schema": {"type": "string"}}}
     if model == ANY_JSON:
         return {JSON: {"schema": {"type": "object"}}}
+    if model == EVENT_STREAM:
+        return {"text/event-stream": {"schema": {"type": "string"}}}
     return {JSON: {"schema": refs[model]}}
 
 
 def _security(op: Operation, settings: Settings) -> list[dict[str, list[str]]]:
     if op.auth == "api" and settings.API_KEYS:
         return [{"apiKey": []}]
+    if op.auth == "stream" and settings.API_KEYS:
+        return [{"apiKey": []}, {"accessToken": []}]
     if op.auth == "webhook":
         needed = {"webhookToken": bool(settings.WEBHOOK_TOKEN), "webhookSignature": bool(settings.PUSH_WEBHOOK_SECRET)}
         return [{name: [] for name, on in needed.items() if on}] if any(needed.values()) else []
@@ -146,7 +152,9 @@ def _operation(op: Operation, settings: Settings, refs: dict[type[BaseModel], di
 
 def build_document(settings: Settings, operations: Sequence[Operation]) -> dict[str, Any]:
     """The OpenAPI 3.1 document of these operations (service.http.routes.OPERATIONS) for these settings."""
-    answers = {m for op in operations for _, m in op.responses.values() if m is not None and m != ANY_JSON}
+    answers = {
+        m for op in operations for _, m in op.responses.values() if m is not None and m not in (ANY_JSON, EVENT_STREAM)
+    }
     bodies = {op.body for op in operations if op.body is not None}
     keyed = [(m, "serialization") for m in sorted(answers, key=lambda m: m.__name__)]
     keyed += [(m, "validation") for m in sorted(bodies, key=lambda m: m.__name__)]
@@ -168,6 +176,13 @@ def build_document(settings: Settings, operations: Sequence[Operation]) -> dict[
             "securitySchemes": {
                 "apiKey": {"type": "http", "scheme": "bearer", "description": "one of API_KEYS"},
                 "webhookToken": {"type": "apiKey", "in": "query", "name": "token", "description": "WEBHOOK_TOKEN"},
+                "accessToken": {
+                    "type": "apiKey",
+                    "in": "query",
+                    "name": "access_token",
+                    "description": "one of API_KEYS, for clients that cannot send headers (EventSource); only on"
+                    " the stream, and it reaches access logs and proxies: prefer the header",
+                },
                 "webhookSignature": {
                     "type": "apiKey",
                     "in": "header",

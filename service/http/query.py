@@ -94,6 +94,17 @@ FORMAT = Param(
     "format", "query", {"type": "string", "enum": list(FORMATS)},
     "json (default) or csv (one row per reading); without it, an Accept header preferring text/csv gives csv",
 )  # fmt: skip
+STREAM_DEVICES = Param(
+    "deviceId", "query", {"type": "array", "items": _ID},
+    "only these devices (repeat the parameter for more than one; 404 if one is not the user's)",
+)  # fmt: skip
+_HEX = "[0-9a-fA-F]"
+UUID7_PATTERN = f"^{_HEX}{{8}}-{_HEX}{{4}}-7{_HEX}{{3}}-[89abAB]{_HEX}{{3}}-{_HEX}{{12}}$"
+LAST_EVENT_ID = Param(
+    "lastEventId", "query", {"type": "string", "pattern": UUID7_PATTERN},
+    "resume after this event id (what the Last-Event-ID header says, which wins when both are sent); 410 if its day"
+    " is older than LOG_AGE",
+)  # fmt: skip
 
 
 def path_id(request: web.Request, param: Param) -> int:
@@ -105,6 +116,12 @@ def optional_id(request: web.Request, param: Param) -> int | None:
     """A positive integer id from the query, if given."""
     text = request.query.get(param.name)
     return None if text is None else _positive(param.name, text)
+
+
+def ids(request: web.Request, param: Param) -> list[int] | None:
+    """Positive integer ids from a repeatable query parameter (None: not given)."""
+    texts = request.query.getall(param.name, [])
+    return [_positive(param.name, text) for text in texts] if texts else None
 
 
 def _positive(name: str, text: str) -> int:
@@ -207,8 +224,8 @@ def history_query(request: web.Request, default_limit: int, max_limit: int) -> H
 
 def sensor_filter(request: web.Request) -> frozenset[int] | None:
     """sensorId, repeatable: the sensors asked for, or None when the parameter is absent."""
-    given = request.query.getall(SENSOR_FILTER.name, [])
-    return frozenset(_positive(SENSOR_FILTER.name, text) for text in given) if given else None
+    given = ids(request, SENSOR_FILTER)
+    return None if given is None else frozenset(given)
 
 
 def answer_format(request: web.Request) -> str:

@@ -11,9 +11,9 @@ from typing import Any
 
 from aiohttp import web
 
-from service.http import api, health, openapi, query, schemas
+from service.http import api, health, openapi, query, schemas, stream
 from service.http.keys import METRICS
-from service.http.openapi import ANY_JSON, UNAUTHORIZED, Operation, read_operation
+from service.http.openapi import ANY_JSON, EVENT_STREAM, UNAUTHORIZED, Operation, read_operation
 from service.http.webhook import WEBHOOK_PATH, receive_push
 
 Handler = Callable[[web.Request], Coroutine[Any, Any, web.StreamResponse]]
@@ -83,6 +83,26 @@ ROUTES = (
             (*_DEVICE, query.COVERAGE_DAY),
         ),
         api.coverage,
+    ),
+    Route(
+        Operation(
+            "get",
+            stream.STREAM_PATH,
+            "Live events of a user's devices as Server-Sent Events, once the read models show them; resumable with"
+            " Last-Event-ID (docs/stream.md)",
+            {
+                200: ("text/event-stream: `event: reading` / `device` / `overflow`, `id:` the event id", EVENT_STREAM),
+                400: ("a malformed id, deviceId or Last-Event-ID / lastEventId", schemas.ErrorAnswer),
+                401: ("API_KEYS is set and the key (Authorization or ?access_token=) is missing or wrong",
+                      schemas.ErrorAnswer),
+                404: ("unknown user, or a deviceId that is not that user's", schemas.ErrorAnswer),
+                410: ("Last-Event-ID is of a day older than LOG_AGE: reconnect without it", schemas.ErrorAnswer),
+                503: ("the database is unavailable; retry later", schemas.ErrorAnswer),
+            },
+            (query.USER_ID, query.STREAM_DEVICES, query.LAST_EVENT_ID),
+            auth="stream",
+        ),
+        stream.stream,
     ),
     Route(
         Operation(

@@ -1,5 +1,9 @@
 """API keys for the read endpoints: with API_KEYS set, `GET /api/...` needs `Authorization: Bearer <key>`.
 
+The live stream (`/api/users/<userId>/stream`) also takes the key as `?access_token=<key>`,
+because a browser's EventSource cannot send headers; a key in a URL reaches access logs and
+proxies, so only that route takes it there (docs/stream.md).
+
 Exempt: /api/health and /api/ready (liveness and readiness probes carry no secrets),
 CORS preflights (browsers never send credentials on them) and the webhook, which has
 its own token/signature checks.
@@ -8,6 +12,7 @@ its own token/signature checks.
 from __future__ import annotations
 
 import hmac
+import re
 
 from aiohttp import web
 
@@ -16,6 +21,8 @@ from service.http.middleware.errors import Handler, error_response
 
 EXEMPT_PATHS = frozenset({"/api/health", "/api/ready"})
 GUARDED_METHODS = frozenset({"GET", "HEAD"})
+ACCESS_TOKEN = "access_token"
+_TOKEN_PATH_RE = re.compile(r"/api/users/[^/]+/stream\Z")  # the one route that takes ?access_token=
 
 
 def raw_bytes(text: str) -> bytes | None:
@@ -60,7 +67,13 @@ async def api_key_middleware(request: web.Request, handler: Handler) -> web.Stre
     if keys and guarded(request):
         if len(request.headers.getall("Authorization", [])) > 1:
             return error_response(400, "more than one Authorization header")
-        if not key_ok(keys, request.headers.get("Authorization")):
+        header = request.headers.get("Authorization")
+        if header is None and _TOKEN_PATH_RE.match(request.path):
+            tokens = request.query.getall(ACCESS_TOKEN, [])
+            if len(tokens) > 1:
+                return error_response(400, "more than one access_token")
+            header = f"Bearer {tokens[0]}" if tokens else None
+        if not key_ok(keys, header):
             return error_response(
                 401,
                 "missing or wrong API key: send Authorization: Bearer <key>",
