@@ -16,6 +16,7 @@ from aiohttp import web
 
 from service.bootstrap import Services, open_services
 from service.config import Settings
+from service.http.api import answer_zone
 from service.http.body import BodyBudget
 from service.http.connections import JsonErrorServer
 from service.http.keys import (
@@ -88,7 +89,10 @@ def _services_ctx(options: dict[str, Any]) -> Any:
             backfill_stats=app[BACKFILL_STATS], **options
         ) as services:
             app[SERVICES] = services
-            hub = StreamHub(services.projector, LiveText(), app[SETTINGS].STREAM_QUEUE_EVENTS, app[STREAM_STATS])
+            hub = StreamHub(
+                services.projector, LiveText(answer_zone(app[SETTINGS])), app[SETTINGS].STREAM_QUEUE_EVENTS,
+                app[STREAM_STATS],
+            )
             services.projector.on_applied = hub.publish
             app[STREAM_HUB] = hub
             try:

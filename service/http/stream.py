@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +55,13 @@ def _meta_of(body: dict[str, Any]) -> Meta:
     return body.get("deviceName"), tuple(named)
 
 
-def _reading(reading: Reading) -> dict[str, Any]:
-    return {"sensorId": reading.sensor_id, **api.reading_part(reading)}
+def _reading(reading: Reading, zone: tzinfo | None) -> dict[str, Any]:
+    return {"sensorId": reading.sensor_id, **api.reading_part(reading, zone)}
 
 
-def event_text(event: Event, readings: list[Reading] | None, seen: dict[int, Meta]) -> bytes:
+def event_text(
+    event: Event, readings: list[Reading] | None, seen: dict[int, Meta], zone: tzinfo | None = None
+) -> bytes:
     """The SSE text of one event (b"" when it shows nothing); `seen`: each device's names and units as of
     the last sync looked at, updated here.
 
@@ -80,7 +82,7 @@ def event_text(event: Event, readings: list[Reading] | None, seen: dict[int, Met
     if readings is None:
         readings = read_event(event).readings
     if readings:
-        parts.append((b"reading", {**base, "readings": [_reading(r) for r in readings]}))
+        parts.append((b"reading", {**base, "readings": [_reading(r, zone) for r in readings]}))
     if not parts:
         return b""
     out = []
@@ -93,11 +95,13 @@ def event_text(event: Event, readings: list[Reading] | None, seen: dict[int, Met
 class LiveText:
     """The hub's formatter: each applied event's text, device changes judged against every sync applied."""
 
-    def __init__(self) -> None:
+    def __init__(self, zone: tzinfo | None = None) -> None:
         self._seen: dict[int, Meta] = {}
+        self._zone = zone  # reading times with this UTC offset (TLINK_TIMEZONE), as the read API gives them
 
     def __call__(self, placed: Placed) -> bytes:
-        return event_text(placed.event, None if placed.parsed is None else placed.parsed.readings, self._seen)
+        readings = None if placed.parsed is None else placed.parsed.readings
+        return event_text(placed.event, readings, self._seen, self._zone)
 
 
 # ---------------------------------------------------------------- resuming from the log
@@ -124,7 +128,12 @@ def _id_day(event_id: str) -> str:
 
 
 def read_backlog(
-    root: Path, devices: Iterable[int], positions: dict[int, Position], after: str, user_id: int
+    root: Path,
+    devices: Iterable[int],
+    positions: dict[int, Position],
+    after: str,
+    user_id: int,
+    zone: tzinfo | None = None,
 ) -> list[tuple[str, bytes]]:
     """In a thread: (id, text) of every event of `user_id` on these devices with an id after `after`,
     up to each device's position (what the read models held), in id order."""
@@ -142,14 +151,16 @@ def read_backlog(
                 for line in read_lines(log_path(root, device_id, day), 0, 1, day):
                     if day == pos.day and line.end > pos.byte_count:
                         break
-                    _backlog_line(line.raw, after, user_id, seen, found)
+                    _backlog_line(line.raw, after, user_id, seen, found, zone)
             except FileNotFoundError:
                 continue  # deleted by retention meanwhile
     found.sort(key=lambda item: item[0])
     return found
 
 
-def _backlog_line(raw: bytes, after: str, user_id: int, seen: dict[int, Meta], found: list[tuple[str, bytes]]) -> None:
+def _backlog_line(
+    raw: bytes, after: str, user_id: int, seen: dict[int, Meta], found: list[tuple[str, bytes]], zone: tzinfo | None
+) -> None:
     if raw.startswith(_LINE_PREFIX) and raw[:_ID_END].decode("ascii", "replace")[len(_LINE_PREFIX) :] <= after:
         if b'"type":"sync"' not in raw[:_ID_END + 40]:
             return  # already sent; only syncs matter before it (what the device's names were)
@@ -161,7 +172,7 @@ def _backlog_line(raw: bytes, after: str, user_id: int, seen: dict[int, Meta], f
         if event.type == SYNC:
             seen[event.device_id] = _meta_of(event.body)
         return
-    text = event_text(event, None, seen)
+    text = event_text(event, None, seen, zone)
     if text and event.user_id == user_id:
         found.append((event.id, text))
 
@@ -195,7 +206,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
             owned = [d for _, d in await views.owned_devices(services.db, [user.tlink_user_id])]
             wanted = [d for d in owned if devices is None or d in devices]
             backlog = await asyncio.get_running_loop().run_in_executor(
-                None, read_backlog, settings.SYNC_LOG_DIR, wanted, positions, after, user.tlink_user_id
+                None, read_backlog, settings.SYNC_LOG_DIR, wanted, positions, after, user.tlink_user_id,
+                api.answer_zone(settings),
             )
         response = web.StreamResponse(
             headers={"Content-Type": EVENT_STREAM, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
