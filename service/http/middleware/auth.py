@@ -1,6 +1,7 @@
 """API keys for the read endpoints: with API_KEYS set, `GET /api/...` needs `Authorization: Bearer <key>`.
 
 Exempt: /api/health and /api/ready (liveness and readiness probes carry no secrets),
+/api/docs (a static page: the key is typed into it and it fetches the document with it),
 CORS preflights (browsers never send credentials on them) and the webhook, which has
 its own token/signature checks.
 """
@@ -14,7 +15,7 @@ from aiohttp import web
 from service.http.keys import SETTINGS
 from service.http.middleware.errors import Handler, error_response
 
-EXEMPT_PATHS = frozenset({"/api/health", "/api/ready"})
+EXEMPT_PATHS = frozenset({"/api/health", "/api/ready", "/api/docs"})
 GUARDED_METHODS = frozenset({"GET", "HEAD"})
 
 
