@@ -271,3 +271,37 @@ async def test_the_api_reference_renders_every_operation(app_client, browser, ke
         "200", timeout=2 * WAIT_MS
     )
     assert errors == []
+
+
+async def test_the_platform_clock_makes_now_windows_and_ages(app_client, browser):
+    client = await app_client(TLINK_TIMEZONE="Asia/Shanghai")  # UTC+8, no summer time
+    await sync_device(client, NORTH, "North tank", {LEVEL: ("Fuel level", "L")})
+    shanghai = datetime.now(UTC) + timedelta(hours=8)
+    for minutes in (400, 300, 10):  # platform time: the first is outside the 6 h window
+        at = (shanghai - timedelta(minutes=minutes)).strftime("%Y-%m-%d %H:%M:%S")
+        await push(client, push_body(at, {LEVEL: str(minutes)}))
+    page, errors = await open_page(browser)
+    await show_user(page, client)
+    level = sensor(page, NORTH, LEVEL)
+    await expect(level.locator(".age")).to_have_text(re.compile(r"^(9|10|11) min ago$"))
+    await expect(level.locator(".chart")).to_have_attribute("data-points", "2")
+    assert errors == []
+
+
+async def test_the_pages_and_their_files_are_served_as_the_document_says(app_client):
+    client = await app_client(TLINK_TIMEZONE="+05:30", MAX_HISTORY_LIMIT=300, API_KEYS=[KEY])
+    resp = await client.get("/dashboard")
+    assert resp.status == 200 and resp.content_type == "text/html"
+    page = await resp.text()
+    assert 'data-timezone="+05:30" data-offset-minutes="330" data-history-limit="300"' in page
+    assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
+    resp = await client.get("/api/docs")  # no key needed for the page itself
+    assert resp.status == 200 and resp.content_type == "text/html"
+    for name, kind in (("dashboard.js", "text/javascript"), ("swagger-ui.css", "text/css")):
+        resp = await client.get(f"/static/{name}")
+        assert resp.status == 200 and resp.content_type == kind, name
+        again = await client.get(f"/static/{name}", headers={"If-None-Match": resp.headers["ETag"]})
+        assert again.status == 304
+    for name in ("VENDORED.md", "dashboard.html", "..%2Fdashboard.py", "vendor%2Fuplot%2FLICENSE"):
+        resp = await client.get(f"/static/{name}")
+        assert resp.status == 404 and (await resp.json()) == {"error": "no such file"}, name
