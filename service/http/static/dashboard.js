@@ -454,6 +454,7 @@
 
   function startPolling(generation) {
     setLive("polling");
+    $("live").dataset.pollMs = String(POLL_MS);
     let next = performance.now() + POLL_MS;
     const poll = async () => {
       if (generation !== state.generation) return;
@@ -463,19 +464,20 @@
         await refreshLatest(generation);
         tick();
       } catch (error) {
-        if (error instanceof NeedKey) {
-          failed(error, generation);
-          return;
-        }
-        failed(error, generation); // shown, and the next poll tries again
+        failed(error, generation); // shown; the next poll tries again, unless a key is needed
+        if (error instanceof NeedKey) return;
       }
       if (generation !== state.generation) return;
       next += POLL_MS; // every 2 s from the start of one poll to the next, however long a poll takes
       const now = performance.now();
       if (next < now) next = now;
-      state.timer = setTimeout(poll, next - now);
+      schedule(next - now);
     };
-    state.timer = setTimeout(poll, POLL_MS);
+    const schedule = (delay) => {
+      $("live").dataset.nextPoll = String(performance.now() + delay); // when the next poll starts
+      state.timer = setTimeout(poll, delay);
+    };
+    schedule(POLL_MS);
   }
 
   async function findNewDevices(generation) {
