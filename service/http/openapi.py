@@ -26,9 +26,12 @@ JSON = "application/json"
 
 ANY_JSON: Literal["any json"] = "any json"
 EVENT_STREAM: Literal["event stream"] = "event stream"
+PAGE: Literal["html page"] = "html page"
+ASSET: Literal["page asset"] = "page asset"
 # What a response holds: a model; None: text; ANY_JSON: a JSON object of no stated shape;
-# EVENT_STREAM: Server-Sent Events (text/event-stream).
-Content = type[BaseModel] | Literal["any json", "event stream"] | None
+# EVENT_STREAM: Server-Sent Events (text/event-stream); PAGE: an HTML page; ASSET: a script or
+# style sheet of a page.
+Content = type[BaseModel] | Literal["any json", "event stream", "html page", "page asset"] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +120,10 @@ def _content(model: Content, refs: dict[type[BaseModel], dict[str, Any]]) -> dic
         return {JSON: {"schema": {"type": "object"}}}
     if model == EVENT_STREAM:
         return {"text/event-stream": {"schema": {"type": "string"}}}
+    if model == PAGE:
+        return {"text/html": {"schema": {"type": "string"}}}
+    if model == ASSET:
+        return {kind: {"schema": {"type": "string"}} for kind in ("text/javascript", "text/css")}
     return {JSON: {"schema": refs[model]}}
 
 
@@ -152,9 +159,7 @@ def _operation(op: Operation, settings: Settings, refs: dict[type[BaseModel], di
 
 def build_document(settings: Settings, operations: Sequence[Operation]) -> dict[str, Any]:
     """The OpenAPI 3.1 document of these operations (service.http.routes.OPERATIONS) for these settings."""
-    answers = {
-        m for op in operations for _, m in op.responses.values() if m is not None and m not in (ANY_JSON, EVENT_STREAM)
-    }
+    answers = {m for op in operations for _, m in op.responses.values() if isinstance(m, type)}
     bodies = {op.body for op in operations if op.body is not None}
     keyed = [(m, "serialization") for m in sorted(answers, key=lambda m: m.__name__)]
     keyed += [(m, "validation") for m in sorted(bodies, key=lambda m: m.__name__)]

@@ -11,9 +11,9 @@ from typing import Any
 
 from aiohttp import web
 
-from service.http import api, health, openapi, query, schemas, stream
+from service.http import api, dashboard, health, openapi, query, schemas, stream
 from service.http.keys import METRICS
-from service.http.openapi import ANY_JSON, EVENT_STREAM, UNAUTHORIZED, Operation, read_operation
+from service.http.openapi import ANY_JSON, ASSET, EVENT_STREAM, PAGE, UNAUTHORIZED, Operation, read_operation
 from service.http.webhook import WEBHOOK_PATH, receive_push
 
 Handler = Callable[[web.Request], Coroutine[Any, Any, web.StreamResponse]]
@@ -176,6 +176,40 @@ ROUTES = (
             tags=("operations",),
         ),
         metrics_page,
+    ),
+    Route(
+        Operation(
+            "get",
+            "/dashboard",
+            "The dashboard: a user's devices, latest values and live charts of their history (HTML)",
+            {200: ("the page", PAGE)},
+            auth="none",
+            tags=("pages",),
+        ),
+        dashboard.dashboard,
+    ),
+    Route(
+        Operation(
+            "get",
+            "/api/docs",
+            "This document as an interactive reference (Swagger UI, HTML)",
+            {200: ("the page", PAGE)},
+            auth="none",
+            tags=("pages",),
+        ),
+        dashboard.api_docs,
+    ),
+    Route(
+        Operation(
+            "get",
+            "/static/{name}",
+            "A script or style sheet of the pages (their own, or a vendored library)",
+            {200: ("the file", ASSET), 404: ("no such file", schemas.ErrorAnswer)},
+            (dashboard.ASSET_NAME,),
+            auth="none",
+            tags=("pages",),
+        ),
+        dashboard.static_file,
     ),
 )
 OPERATIONS = tuple(route.operation for route in ROUTES)

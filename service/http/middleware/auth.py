@@ -5,6 +5,7 @@ because a browser's EventSource cannot send headers; a key in a URL reaches acce
 proxies, so only that route takes it there (docs/stream.md).
 
 Exempt: /api/health and /api/ready (liveness and readiness probes carry no secrets),
+/api/docs (a static page: the key is typed into it and it fetches the document with it),
 CORS preflights (browsers never send credentials on them) and the webhook, which has
 its own token/signature checks.
 """
@@ -19,7 +20,7 @@ from aiohttp import web
 from service.http.keys import SETTINGS
 from service.http.middleware.errors import Handler, error_response
 
-EXEMPT_PATHS = frozenset({"/api/health", "/api/ready"})
+EXEMPT_PATHS = frozenset({"/api/health", "/api/ready", "/api/docs"})
 GUARDED_METHODS = frozenset({"GET", "HEAD"})
 ACCESS_TOKEN = "access_token"
 _TOKEN_PATH_RE = re.compile(r"/api/users/[^/]+/stream\Z")  # the one route that takes ?access_token=

@@ -1,0 +1,19 @@
+// The API key of this tab (one of API_KEYS), shared by /dashboard and /api/docs.
+// Kept in sessionStorage: it lives as long as the tab and is never sent anywhere but
+// this service, as `Authorization: Bearer <key>`.
+"use strict";
+window.tlinkKey = (() => {
+  const NAME = "tlink.apiKey";
+  const get = () => {
+    try { return sessionStorage.getItem(NAME) || ""; } catch { return ""; }
+  };
+  return {
+    get,
+    set(key) { sessionStorage.setItem(NAME, key.trim()); },
+    clear() { sessionStorage.removeItem(NAME); },
+    headers() {
+      const key = get();
+      return key ? { Authorization: `Bearer ${key}` } : {};
+    },
+  };
+})();
