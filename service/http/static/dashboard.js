@@ -49,7 +49,10 @@
     return Math.floor(now / 1000) + OFFSET_MINUTES * 60;
   }
 
-  const toSeconds = (platformTime) => Date.parse(`${platformTime}Z`) / 1000;
+  // With TLINK_TIMEZONE set the service writes reading times with their offset (+08:00); the page
+  // keeps platform time as written, without it: the first 19 characters.
+  const plain = (time) => (time ? time.slice(0, 19) : time);
+  const toSeconds = (platformTime) => Date.parse(`${plain(platformTime)}Z`) / 1000;
   const toPlatformTime = (seconds) => new Date(seconds * 1000).toISOString().slice(0, 19);
 
   function ageText(platformTime) {
@@ -180,7 +183,7 @@
     device.sensorsEl.append(article);
     const sensor = {
       id: summary.sensorId, device, unit: summary.unit || "", name: name.textContent,
-      value: summary.latestValue, recordedAt: summary.latestRecordedAt, isAlarm: summary.isAlarm, isLine: summary.isLine,
+      value: summary.latestValue, recordedAt: plain(summary.latestRecordedAt), isAlarm: summary.isAlarm, isLine: summary.isLine,
       article, valueEl: value, ageEl: age, badgesEl: badges, chartEl: chart, noteEl: note,
       xs: [], ys: [], plot: null,
     };
@@ -296,9 +299,9 @@
 
   /** A newer reading becomes the sensor's latest value (latest means the newest reading time). */
   function takeLatest(sensor, reading) {
-    if (sensor.recordedAt && reading.recordedAt < sensor.recordedAt) return;
+    if (sensor.recordedAt && plain(reading.recordedAt) < sensor.recordedAt) return;
     sensor.value = reading.value;
-    sensor.recordedAt = reading.recordedAt;
+    sensor.recordedAt = plain(reading.recordedAt);
     if (reading.isAlarm !== undefined) sensor.isAlarm = reading.isAlarm;
     if (reading.isLine !== undefined) sensor.isLine = reading.isLine;
     renderLatest(sensor);
@@ -499,7 +502,7 @@
           unknown = true;
           continue;
         }
-        if (s.latest && s.latest.recordedAt !== sensor.recordedAt) {
+        if (s.latest && plain(s.latest.recordedAt) !== sensor.recordedAt) {
           if (sensor.recordedAt && (!since || sensor.recordedAt < since)) since = sensor.recordedAt;
           if (!sensor.recordedAt) unknown = true;
           takeLatest(sensor, s.latest);
