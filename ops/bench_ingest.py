@@ -272,7 +272,7 @@ class StreamClients:
         self._connected = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="stream-clients", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="stream-clients", daemon=True)
         self._started = 0.0
 
     def start(self) -> None:
@@ -290,6 +290,11 @@ class StreamClients:
         self._thread.join()
         return {"clients": self._clients, "messages": self._messages,
                 "per_s": self._messages / seconds if seconds else 0.0, "statuses": dict(self._statuses)}  # fmt: skip
+
+    def _run(self) -> None:
+        # On the load generator's core, like wrk: the readers are load, and must not take the server's core.
+        os.sched_setaffinity(0, {int(LOAD_CPU)})  # 0: this thread (Linux)
+        asyncio.run(self._main())
 
     async def _main(self) -> None:
         import aiohttp

@@ -215,6 +215,28 @@ async def test_a_push_appears_on_the_page_within_two_seconds(app_client, browser
     assert errors == []
 
 
+async def test_the_page_resumes_the_stream_after_a_disconnect_and_loses_nothing(app_client, browser):
+    """A stream that falls behind is closed by the service (STREAM_QUEUE_EVENTS=1): the browser reconnects
+    with Last-Event-ID and gets what it missed from the log, so the chart ends with every reading."""
+    client = await app_client(STREAM_QUEUE_EVENTS=1)
+    await two_tanks(client)
+    page, errors = await open_page(browser)
+    await show_user(page, client)
+    level, live = sensor(page, NORTH, LEVEL), page.locator("#live")
+    await expect(live).to_have_attribute("data-mode", "stream", timeout=LOAD_MS)
+    bodies = [push_body(platform_time(timedelta(seconds=40 - n)), {LEVEL: f"{300 + n}"}) for n in range(20)]
+    await asyncio.gather(*(push(client, body) for body in bodies))  # one batch: more than the queue holds
+    start = platform_time(timedelta(hours=6))
+    answered = await history_count(client, NORTH, start, LEVEL)
+    assert answered == 32
+    await expect(level.locator(".chart")).to_have_attribute("data-points", str(answered), timeout=LOAD_MS)
+    await expect(level.locator(".value")).to_have_text("319 L", timeout=LOAD_MS)
+    await expect(live).to_have_attribute("data-mode", "stream", timeout=LOAD_MS)
+    metrics = await (await client.get("/metrics")).text()
+    assert "tlink_stream_clients_dropped_total 0.0" not in metrics  # the service did drop it once
+    assert errors == []
+
+
 async def test_with_api_keys_the_key_is_typed_once_and_kept_for_the_tab(app_client, browser):
     client = await app_client(API_KEYS=[KEY])
     await two_tanks(client)

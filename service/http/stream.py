@@ -250,7 +250,8 @@ async def _send(
             last_sent = items[-1][0]
             continue
         try:
-            await asyncio.wait_for(sub.wakeup.wait(), heartbeat)
+            async with asyncio.timeout(heartbeat):  # no task per wait, unlike wait_for: this runs per message
+                await sub.wakeup.wait()
         except TimeoutError:
             await response.write(HEARTBEAT)
         transport = request.transport
