@@ -548,7 +548,10 @@ def benchmark(args: argparse.Namespace, workdir: Path, database_url: str | None)
         levels: list[dict[str, Any]] = []
         for concurrency in (int(c) for c in args.levels.split(",")):
             pairs = args.history or (args.stream_pairs if args.stream_clients else 0)
-            for beside in [False, True] * pairs if pairs else [False]:
+            # Pairs in turn without-with and with-without (ABBA): the log and the tables grow run after
+            # run, and a fixed order would hand every later run to the same side.
+            order = [side for n in range(pairs) for side in ((False, True) if n % 2 == 0 else (True, False))]
+            for beside in order or [False]:
                 history = HistoryReader(url, args.devices, args.seed + len(levels)) if beside and args.history else None
                 streams = StreamClients(url, args.stream_clients) if beside and args.stream_clients else None
                 result = run_wrk(url, concurrency, args, len(levels), pid, database_url, history, streams)
