@@ -235,25 +235,56 @@ async def _send(
         last_sent = part[-1][0]
     sent = {event_id for event_id, _ in backlog}  # a live message already sent from the log is not sent again
     await response.write(b": stream open\n\n")
-    while not sub.closed:
-        if sub.overflowed:
-            data = {"error": "this client fell behind the live events (STREAM_QUEUE_EVENTS); reconnect with"
-                             " Last-Event-ID to resume", "lastEventId": last_sent}  # fmt: skip
-            await response.write(b"event: overflow\ndata: " + orjson.dumps(data) + b"\n\n")
-            return
-        items = sub.take()
-        if sent:
-            items = [item for item in items if item[0] not in sent]
-        if items:
-            await response.write(b"".join(text for _, text in items))
-            stats.events_sent += len(items)
-            last_sent = items[-1][0]
-            continue
-        try:
-            async with asyncio.timeout(heartbeat):  # no task per wait, unlike wait_for: this runs per message
-                await sub.wakeup.wait()
-        except TimeoutError:
-            await response.write(HEARTBEAT)
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            return
+    beat = _Heartbeat(sub, heartbeat)  # one timer per stream, not one per message
+    try:
+        while not sub.closed:
+            if sub.overflowed:
+                data = {"error": "this client fell behind the live events (STREAM_QUEUE_EVENTS); reconnect with"
+                                 " Last-Event-ID to resume", "lastEventId": last_sent}  # fmt: skip
+                await response.write(b"event: overflow\ndata: " + orjson.dumps(data) + b"\n\n")
+                return
+            items = sub.take()
+            if sent:
+                items = [item for item in items if item[0] not in sent]
+            if items:
+                await response.write(b"".join(text for _, text in items))
+                stats.events_sent += len(items)
+                last_sent = items[-1][0]
+                beat.wrote()
+                continue
+            if beat.due:
+                await response.write(HEARTBEAT)
+                beat.wrote()
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return
+            await sub.wakeup.wait()
+    finally:
+        beat.cancel()
+
+
+class _Heartbeat:
+    """Wakes a stream's handler when it has written nothing for `seconds`: one timer for the stream's life."""
+
+    def __init__(self, sub: Subscription, seconds: float) -> None:
+        self._sub, self._seconds = sub, seconds
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+        self.due = False
+        self._timer = self._loop.call_later(seconds, self._check)
+
+    def wrote(self) -> None:
+        """Something was written: the silence starts again."""
+        self._last, self.due = self._loop.time(), False
+
+    def _check(self) -> None:
+        silent = self._loop.time() - self._last
+        if silent >= self._seconds * 0.999:
+            self.due = True
+            self._sub.wakeup.set()
+            silent = 0.0
+        self._timer = self._loop.call_later(self._seconds - silent, self._check)
+
+    def cancel(self) -> None:
+        """Stop the timer (the stream ends)."""
+        self._timer.cancel()
