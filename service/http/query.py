@@ -239,6 +239,21 @@ def answer_format(request: web.Request) -> str:
     return "csv" if _quality(accept, "text", "csv") > _quality(accept, "application", "json") else "json"
 
 
+def q_value(options: list[str]) -> float:
+    """The `q` parameter among the options of one item of an Accept or Accept-Encoding header (1 without one;
+    0 when it is not a number from 0 to 1, NaN included)."""
+    q = 1.0
+    for option in options:
+        name, _, value = option.strip().partition("=")
+        if name.strip().lower() == "q":
+            try:
+                q = float(value.strip())
+            except ValueError:
+                q = 0.0
+            q = q if 0.0 <= q <= 1.0 else 0.0
+    return q
+
+
 def _quality(accept: str, kind: str, sub: str) -> float:
     """The q value an Accept header gives a media type (the most specific range that matches; 0 if none)."""
     best, quality = -1, 0.0
@@ -253,15 +268,7 @@ def _quality(accept: str, kind: str, sub: str) -> float:
             rank = 0
         else:
             continue
-        q = 1.0
-        for option in options:
-            name, _, value = option.strip().partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = float(value.strip())
-                except ValueError:
-                    q = 0.0
-                q = q if 0.0 <= q <= 1.0 else 0.0  # NaN and out of range too
+        q = q_value(options)
         if rank > best:
             best, quality = rank, q
     return quality

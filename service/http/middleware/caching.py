@@ -20,6 +20,7 @@ import hashlib
 from aiohttp import hdrs, web
 
 from service.http.middleware.errors import Handler
+from service.http.query import q_value
 
 GZIP_MIN_BYTES = 1024  # smaller answers are sent as they are: gzip would save little or nothing
 CACHE_CONTROL = "no-cache"  # store, but revalidate every time (If-None-Match)
@@ -70,15 +71,7 @@ def accepts_gzip(request: web.Request) -> bool:
     for header in request.headers.getall(hdrs.ACCEPT_ENCODING, []):
         for item in header.split(","):
             coding, *options = item.strip().split(";")
-            q = 1.0
-            for option in options:
-                name, _, value = option.strip().partition("=")
-                if name.strip().lower() == "q":
-                    try:
-                        q = float(value.strip())
-                    except ValueError:
-                        q = 0.0
-                    q = q if 0.0 <= q <= 1.0 else 0.0
+            q = q_value(options)
             coding = coding.strip().lower()
             if coding in ("gzip", "x-gzip"):
                 quality = q if quality is None else max(quality, q)
