@@ -13,16 +13,26 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from eventlog.events import SYNC
 from projections.changes import Placed
 from projections.projector import Projector
 from projections.recorder import Position
 
-# An event's SSE text (b"" for an event a stream does not show), given the event at its place.
-Format = Callable[[Placed], bytes]
+
+class Format(Protocol):
+    """What the hub needs of the messages' format (service.http.stream.LiveText)."""
+
+    def __call__(self, placed: Placed) -> bytes:
+        """An applied event's SSE text (b"" for an event a stream does not show)."""
+        ...
+
+    def note(self, placed: Placed) -> None:
+        """Take in an applied sync nobody is watching, so later device changes are judged against it."""
+        ...
 
 
 @dataclass(slots=True)
@@ -109,10 +119,15 @@ class StreamHub:
         """The projector's `on_applied`: queue each applied event for the streams that show it.
 
         Events go out in id order (the order they were made in: eventlog.events.new_event_id);
-        syncs are always formatted, so the device changes the stream reports are judged
-        against every sync applied, not only those someone was watching.
+        every sync is taken in (formatted, or only noted when nobody watches its user), so the
+        device changes the stream reports are judged against every sync applied.
         """
         by_user = self._by_user
+        if not by_user:  # no stream open: nothing to format or sort
+            for p in placed:
+                if p.event.type == SYNC:
+                    self._format.note(p)
+            return
         if len(placed) > 1:
             placed = sorted(placed, key=lambda p: p.event.id)
         for p in placed:
@@ -120,7 +135,7 @@ class StreamHub:
             subs = by_user.get(event.user_id)
             if not subs:
                 if event.type == SYNC:
-                    self._format(p)
+                    self._format.note(p)
                 continue
             text = self._format(p)
             if not text:

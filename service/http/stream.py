@@ -103,6 +103,10 @@ class LiveText:
         readings = None if placed.parsed is None else placed.parsed.readings
         return event_text(placed.event, readings, self._seen, self._zone)
 
+    def note(self, placed: Placed) -> None:
+        """Remember a sync's names and units without making its text (nobody watches its user)."""
+        self._seen[placed.event.device_id] = _meta_of(placed.event.body)
+
 
 # ---------------------------------------------------------------- resuming from the log
 
