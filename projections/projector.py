@@ -252,6 +252,7 @@ class Projector:
                 await asyncio.sleep(0)  # let handlers run between batches
             except DatabaseUnavailable as exc:
                 self._release(self._waiting)
+                self._waiting = []
                 self._note_unavailable(exc)
                 await self._sleep(self.retry_seconds)
             except LogUnavailable:
@@ -480,8 +481,6 @@ class Projector:
     def _release(self, items: list[_Item]) -> None:
         for item in items:
             _answer(item, False)
-        if items is self._waiting:
-            self._waiting = []
 
     def _release_all(self) -> None:
         self._release(self._queue)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
@@ -236,10 +236,7 @@ class StateCollector(Collector):
 
     def _sync(self) -> Iterator[Metric]:
         stats = self._sync_stats
-        runs = CounterMetricFamily("tlink_sync_runs", "Finished TLINK sync runs, by outcome.", labels=["outcome"])
-        for outcome, count in stats.runs.items():
-            runs.add_metric([outcome], count)
-        yield runs
+        yield by_outcome("tlink_sync_runs", "Finished TLINK sync runs, by outcome.", stats.runs)
         yield CounterMetricFamily(
             "tlink_sync_runs_skipped", "Scheduled sync runs dropped because the previous one was still going.",
             value=stats.skipped_runs,
@@ -266,17 +263,10 @@ class StateCollector(Collector):
 
     def _backfill(self) -> Iterator[Metric]:
         stats = self._backfill_stats
-        runs = CounterMetricFamily("tlink_backfill_runs", "Finished backfill runs, by outcome.", labels=["outcome"])
-        for outcome, count in stats.runs.items():
-            runs.add_metric([outcome], count)
-        yield runs
-        calls = CounterMetricFamily(
-            "tlink_backfill_calls", "getSensorHistroy calls, by outcome (ok, refused, failed: no answer).",
-            labels=["outcome"],
-        )  # fmt: skip
-        for outcome, count in stats.calls.items():
-            calls.add_metric([outcome], count)
-        yield calls
+        yield by_outcome("tlink_backfill_runs", "Finished backfill runs, by outcome.", stats.runs)
+        yield by_outcome(
+            "tlink_backfill_calls", "getSensorHistroy calls, by outcome (ok, refused, failed: no answer).", stats.calls
+        )
         yield CounterMetricFamily(
             "tlink_backfill_readings_recovered", "Readings inside gaps brought by backfill pages.",
             value=stats.recovered,
@@ -296,10 +286,8 @@ class StateCollector(Collector):
 
     def _retention(self) -> Iterator[Metric]:
         stats = self._retention_stats
-        runs = CounterMetricFamily("tlink_retention_runs", "Finished retention passes, by outcome.", labels=["outcome"])
-        runs.add_metric(["ok"], stats.runs)
-        runs.add_metric(["failed"], stats.failed_runs)
-        yield runs
+        outcomes = {"ok": stats.runs, "failed": stats.failed_runs}
+        yield by_outcome("tlink_retention_runs", "Finished retention passes, by outcome.", outcomes)
         yield CounterMetricFamily(
             "tlink_retention_files_deleted", "Daily log files deleted for being older than LOG_AGE days.",
             value=stats.files_deleted,
@@ -329,6 +317,14 @@ class StateCollector(Collector):
             "Live stream clients closed with `event: overflow` for falling STREAM_QUEUE_EVENTS behind.",
             value=stats.clients_dropped,
         )
+
+
+def by_outcome(name: str, documentation: str, counts: Mapping[str, int]) -> CounterMetricFamily:
+    """A counter family with one series per `outcome` label."""
+    family = CounterMetricFamily(name, documentation, labels=["outcome"])
+    for outcome, count in counts.items():
+        family.add_metric([outcome], count)
+    return family
 
 
 def _wall_clock(loop_time: float) -> float:

@@ -150,3 +150,16 @@ async def run_cli(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str,
     )  # fmt: skip
     out, err = await asyncio.wait_for(process.communicate(), timeout=60)
     return process.returncode or 0, out.decode(), err.decode()
+
+
+def fake_tlink_settings(url: str, user: int = 385) -> dict[str, Any]:
+    """Settings that point the TLINK client at a fake TLINK server (ops/fake_tlink.py) at `url`."""
+    return {
+        "TLINK_BASE_URL": url,
+        "TLINK_APP_ID": "app-1",
+        "TLINK_OAUTH_CLIENT_ID": "example-client",
+        "TLINK_OAUTH_CLIENT_SECRET": "example-secret",
+        "TLINK_OAUTH_USERNAME": "demo",
+        "TLINK_OAUTH_PASSWORD": "demo",
+        "TLINK_SYNC_USER_IDS": str(user),
+    }

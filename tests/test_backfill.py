@@ -18,7 +18,7 @@ from eventlog.verify import verify
 from ops.fake_tlink import FAKE_TLINK_STATE, HISTORY_PATH, FakeTlinkState, make_fake_tlink_app, pushes
 from projections.history_calls import read_ledger
 from service.http.keys import SERVICES
-from tests.conftest import run_cli
+from tests.conftest import fake_tlink_settings, run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
 USER, DEVICE = 385, 2864
@@ -48,13 +48,7 @@ async def fake(aiohttp_server) -> Fake:
 
 def tlink_settings(fake: Fake, **overrides: Any) -> dict[str, Any]:
     values: dict[str, Any] = {
-        "TLINK_BASE_URL": fake.url,
-        "TLINK_APP_ID": "app-1",
-        "TLINK_OAUTH_CLIENT_ID": "example-client",
-        "TLINK_OAUTH_CLIENT_SECRET": "example-secret",
-        "TLINK_OAUTH_USERNAME": "demo",
-        "TLINK_OAUTH_PASSWORD": "demo",
-        "TLINK_SYNC_USER_IDS": str(USER),
+        **fake_tlink_settings(fake.url, USER),
         "TLINK_TIMEZONE": "+08:00",
     }
     values.update(overrides)

@@ -29,7 +29,7 @@ from service.cli.main import main
 from service.http.keys import SCHEDULER, SERVICES, SETTINGS, SYNC_JOB, SYNC_STATS
 from service.jobs.scheduler import RETENTION_JOB_ID, SYNC_JOB_ID, ExclusiveJob, new_scheduler, schedule
 from service.jobs.sync import FAILED, OK, PARTIAL, SyncStats, build_client, build_sync
-from tests.conftest import run_cli
+from tests.conftest import fake_tlink_settings, run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
 USER = 385
@@ -84,13 +84,7 @@ async def fake(aiohttp_server) -> Fake:
 
 def tlink_settings(fake: Fake, **overrides: Any) -> dict[str, Any]:
     values: dict[str, Any] = {
-        "TLINK_BASE_URL": fake.url,
-        "TLINK_APP_ID": "app-1",
-        "TLINK_OAUTH_CLIENT_ID": "example-client",
-        "TLINK_OAUTH_CLIENT_SECRET": "example-secret",
-        "TLINK_OAUTH_USERNAME": "demo",
-        "TLINK_OAUTH_PASSWORD": "demo",
-        "TLINK_SYNC_USER_IDS": str(USER),
+        **fake_tlink_settings(fake.url, USER),
         "TLINK_SYNC_ENABLED": True,
         "TLINK_SYNC_PAGE_SIZE": PAGE_SIZE,
         "TLINK_SYNC_INTERVAL_SECONDS": 3600,  # only the start-up run, then runs by hand
