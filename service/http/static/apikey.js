@@ -15,5 +15,17 @@ window.tlinkKey = (() => {
       const key = get();
       return key ? { Authorization: `Bearer ${key}` } : {};
     },
+    /** Keep the key typed into the page's #key-form (#api-key), then `saved()`. */
+    onSubmit(saved) {
+      document.getElementById("key-form").addEventListener("submit", (event) => {
+        event.preventDefault();
+        const input = document.getElementById("api-key");
+        const key = input.value.trim();
+        if (!key) return;
+        this.set(key);
+        input.value = "";
+        saved();
+      });
+    },
   };
 })();

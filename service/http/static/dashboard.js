@@ -544,12 +544,7 @@
     reloadWindow();
   });
 
-  $("key-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const key = $("api-key").value.trim();
-    if (!key) return;
-    tlinkKey.set(key);
-    $("api-key").value = "";
+  tlinkKey.onSubmit(() => {
     $("key-form").hidden = true;
     $("forget-key").hidden = false;
     if (state.user) show(state.user);

@@ -36,14 +36,7 @@
     start();
   }
 
-  $("key-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const key = $("api-key").value.trim();
-    if (!key) return;
-    tlinkKey.set(key);
-    $("api-key").value = "";
-    check();
-  });
+  tlinkKey.onSubmit(() => check());
   $("forget-key").addEventListener("click", () => {
     tlinkKey.clear();
     location.reload();
