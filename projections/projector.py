@@ -46,7 +46,8 @@ class Staged:
 
     `parsed`: what the ingest already read from the body (None: the projector reads it).
     `durable`: resolves once the line is on disk, or fails if it never will be (None: it
-    already is); nothing of the event is committed before.
+    already is); nothing of the event is committed before. Its failure needs no waiter
+    (LogStore.queue marks it seen).
     """
 
     appended: Appended
@@ -164,8 +165,6 @@ class Projector:
         models reflect it, False if it is left to the catch-up path (which applies it later)."""
         answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         device_id = staged.appended.event.device_id
-        if staged.durable is not None:
-            staged.durable.add_done_callback(_observe)
         if device_id in self.stopped:
             answer.set_result(False)
         elif self.failed is not None or self._stopping or not self.available:
