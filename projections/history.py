@@ -135,6 +135,29 @@ async def histories(
     return {d: walk.result() for d, walk in walks.items()}
 
 
+async def paged_histories(
+    index: BlockIndex,
+    root: Path,
+    log: LogView,
+    sensors: Mapping[int, Sequence[SensorView]],
+    window: Window,
+    limit: int,
+) -> tuple[dict[int, dict[int, list[Reading]]], dict[int, dict[int, datetime]]]:
+    """`histories`, and per sensor that has older readings in the window the cursor of its next page: its
+    oldest reading shown (to pass as the window's exclusive end). One reading more than the limit is read
+    to know whether an older page exists."""
+    if limit == 0:
+        return await histories(index, root, log, sensors, window, 0), {}
+    found = await histories(index, root, log, sensors, window, limit + 1)
+    cursors: dict[int, dict[int, datetime]] = {}
+    for device_id, by_sensor in found.items():
+        for sensor_id, readings in by_sensor.items():
+            if len(readings) > limit:
+                del readings[limit:]
+                cursors.setdefault(device_id, {})[sensor_id] = readings[-1].recorded_at
+    return found, cursors
+
+
 def _first_steps(walks: dict[int, _Walk], starts: dict[int, Start]) -> list[_Walk]:
     """In a thread: each walk's tail and first blocks; the walks that need more blocks."""
     unsettled = []

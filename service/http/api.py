@@ -25,7 +25,7 @@ from eventlog.backward import device_events
 from eventlog.events import utc_now
 from projections import views
 from projections.coverage import SensorCoverage, day_coverage
-from projections.history import SqlBlockIndex, Window, histories
+from projections.history import SqlBlockIndex, paged_histories
 from projections.readings import Reading
 from projections.views import DeviceView, SensorView, UserView
 from service.config import Settings
@@ -160,16 +160,6 @@ async def owned_device(request: web.Request, user: UserView, device_id: int) -> 
     return device
 
 
-async def sensor_histories(
-    request: web.Request, sensors: dict[int, list[SensorView]], window: Window, limit: int
-) -> dict[int, dict[int, list[Reading]]]:
-    """Per device, the newest `limit` readings in the window of each of its sensors (projections.history)."""
-    services = request.app[SERVICES]
-    return await histories(
-        SqlBlockIndex(services.db), services.settings.SYNC_LOG_DIR, services.store, sensors, window, limit
-    )
-
-
 def only_sensors(sensors: dict[int, list[SensorView]], ids: frozenset[int] | None) -> dict[int, list[SensorView]]:
     """Each device's sensors that are among `ids` (None: all of them)."""
     if ids is None:
@@ -180,23 +170,12 @@ def only_sensors(sensors: dict[int, list[SensorView]], ids: frozenset[int] | Non
 async def history_pages(
     request: web.Request, sensors: dict[int, list[SensorView]], asked: query.HistoryQuery
 ) -> tuple[dict[int, dict[int, list[Reading]]], dict[int, dict[int, datetime]]]:
-    """Per device, the newest `limit` readings in the window of each sensor, and per sensor that has older
-    readings in the window the cursor of its next page: its oldest reading shown (passed as `before`).
-
-    One reading more than the limit is read to know whether an older page exists.
-    """
+    """Each device's sensors' readings as asked, and the cursors of their next pages (projections.history)."""
     if asked.empty:
         return {}, {}
-    if asked.limit == 0:
-        return await sensor_histories(request, sensors, asked.window, 0), {}
-    found = await sensor_histories(request, sensors, asked.window, asked.limit + 1)
-    cursors: dict[int, dict[int, datetime]] = {}
-    for device_id, by_sensor in found.items():
-        for sensor_id, readings in by_sensor.items():
-            if len(readings) > asked.limit:
-                del readings[asked.limit :]
-                cursors.setdefault(device_id, {})[sensor_id] = readings[-1].recorded_at
-    return found, cursors
+    services = request.app[SERVICES]
+    root, index = services.settings.SYNC_LOG_DIR, SqlBlockIndex(services.db)
+    return await paged_histories(index, root, services.store, sensors, asked.window, asked.limit)
 
 
 # ---------------------------------------------------------------- handlers
