@@ -6,7 +6,8 @@ sharing one MariaDB database and one log root.
   `verify` passes, the dead node's partitions are owned again (the time it took is printed), and a
   replay of the files gives the read models the cluster built;
 - a node paused (SIGSTOP) past its lease, then resumed, appends nothing: another node took its
-  partitions and wrote what it had been sent.
+  partitions and wrote what it had been sent; afterwards either node answers a device's history
+  the same, whichever node writes the device.
 """
 
 from __future__ import annotations
@@ -228,6 +229,13 @@ async def test_a_node_paused_past_its_lease_appends_nothing_when_resumed(tmp_pat
             )
             await push_all([a, b], range(600, 800), acknowledged)
             await asyncio.get_running_loop().run_in_executor(None, wait_for, "all written", lambda: written_up([a, b]))
+            for device_id in (7000, 7001, 7002, 7003):  # any node answers any read, whoever writes the device
+                path = f"/api/users/{SAMPLE['deviceUserid']}/devices/{device_id}/history?historyLimit=1000"
+                (status_a, on_a), (status_b, on_b) = a.get(path), b.get(path)
+                assert status_a == status_b == 200
+                assert orjson.loads(on_a) == orjson.loads(on_b)
+                readings = sum(len(sensor["history"]) for sensor in orjson.loads(on_a)["sensors"])
+                assert readings == 3 * len([i for i in range(800) if 7000 + i % DEVICES == device_id])
         finally:
             a.stop()
             b.stop()

@@ -17,6 +17,7 @@ time of receipt, device, user and body travel as they will be written.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from eventlog.events import ZERO_HASH, Event, decode_line, encode_line
@@ -36,6 +37,7 @@ log = logging.getLogger("tlink.bus")
 DUPLICATE_WINDOW_SECONDS = 120.0
 CONSUMER_IDLE_SECONDS = 30.0
 PUBLISH_TIMEOUT_SECONDS = 5.0
+SETUP_ATTEMPTS = 10
 
 
 def partition_of(device_id: int, partitions: int) -> int:
@@ -172,13 +174,22 @@ async def open_bus(settings: Settings) -> Bus:
     )  # fmt: skip
     js = nc.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
     name, replicas, ttl = settings.BUS_NAME, settings.BUS_REPLICAS, settings.BUS_LEASE_SECONDS
-    await js.add_stream(
-        StreamConfig(
-            name=f"{name}_events", subjects=[f"{name}.events.*"], retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE, num_replicas=replicas, duplicate_window=DUPLICATE_WINDOW_SECONDS,
-        )
-    )  # fmt: skip
-    leases = await js.create_key_value(bucket=f"{name}_leases", ttl=ttl, replicas=replicas, history=1)
-    nodes = await js.create_key_value(bucket=f"{name}_nodes", ttl=ttl, replicas=replicas, history=1)
-    progress = await js.create_key_value(bucket=f"{name}_progress", replicas=replicas, history=1)
+    for attempt in range(SETUP_ATTEMPTS):  # a cluster that has just started may still be electing its leaders
+        try:
+            await js.add_stream(
+                StreamConfig(
+                    name=f"{name}_events", subjects=[f"{name}.events.*"], retention=RetentionPolicy.LIMITS,
+                    storage=StorageType.FILE, num_replicas=replicas, duplicate_window=DUPLICATE_WINDOW_SECONDS,
+                )
+            )  # fmt: skip
+            leases = await js.create_key_value(bucket=f"{name}_leases", ttl=ttl, replicas=replicas, history=1)
+            nodes = await js.create_key_value(bucket=f"{name}_nodes", ttl=ttl, replicas=replicas, history=1)
+            progress = await js.create_key_value(bucket=f"{name}_progress", replicas=replicas, history=1)
+            break
+        except (nats.errors.TimeoutError, ServiceUnavailableError) as exc:
+            if attempt + 1 == SETUP_ATTEMPTS:
+                await nc.close()
+                raise
+            log.warning("bus not ready (%s); trying again", exc or type(exc).__name__)
+            await asyncio.sleep(1.0)
     return Bus(nc, js, name, settings.BUS_PARTITIONS, leases, nodes, progress)

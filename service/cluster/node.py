@@ -110,6 +110,11 @@ class Node:
         return self.partition(device_id) in self._writing
 
     @property
+    def leads(self) -> bool:
+        """Does this node run the scheduled jobs (sync, backfill, retention)? The holder of partition 0 does."""
+        return 0 in self._writing and self.leases.holds(0)
+
+    @property
     def writing(self) -> list[int]:
         return sorted(self._writing)
 
