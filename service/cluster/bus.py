@@ -149,6 +149,10 @@ class Bus:
         """Nodes whose key in the nodes bucket has not expired (one message each: the bucket keeps no history)."""
         return int((await self.js.stream_info(f"KV_{self.name}_nodes")).state.messages)
 
+    async def forget_node(self, key: str) -> None:
+        """Remove a node's key from the nodes bucket, leaving no marker (that would be counted)."""
+        await self.js.purge_stream(f"KV_{self.name}_nodes", subject=f"$KV.{self.name}_nodes.{key}")
+
     async def close(self) -> None:
         await self.nc.drain()
 

@@ -87,6 +87,10 @@ class Leases:
                 pass
         for partition in sorted(self._held):
             await self._give_back(partition)
+        try:  # no longer counted among the live nodes: the others take their share of what it gave back at once
+            await self.bus.forget_node(self._node_key)
+        except Exception as exc:
+            log.debug("node key not removed: %s", exc)
 
     @property
     def _node_key(self) -> str:
