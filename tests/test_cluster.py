@@ -1,10 +1,10 @@
 """Cluster mode against real processes: a 3-server NATS JetStream cluster and two `tlink-push serve` nodes
 sharing one MariaDB database and one log root.
 
-- pushes spread over both nodes; `kill -9` of one node in the middle of the load, then of one NATS
-  server: every acknowledged push is exactly once in the files, the events table and the readings,
-  `verify` passes, the dead node's partitions are owned again (the time it took is printed), and a
-  replay of the files gives the read models the cluster built;
+- pushes spread over both nodes; `kill -9` of one node in the middle of the load, then, once the
+  other node owns every partition (the time that took is printed), of one NATS server: every
+  acknowledged push is exactly once in the files, the events table and the readings, `verify`
+  passes, and a replay of the files gives the read models the cluster built;
 - a node paused (SIGSTOP) past its lease, then resumed, appends nothing: another node took its
   partitions and wrote what it had been sent; afterwards either node answers a device's history
   the same, whichever node writes the device.
@@ -162,18 +162,19 @@ async def test_kill_a_node_then_a_nats_server_loses_nothing_and_doubles_nothing(
             partitions_of_a = owned(a) if a.get("/api/health")[0] == 200 else set()
             a.kill()
             killed = time.monotonic()
-            while len(acknowledged) < 1200 and not loading.done():
-                await asyncio.sleep(0.01)
-            cluster.kill(0)
-            await loading
             await asyncio.get_running_loop().run_in_executor(
                 None, wait_for, "node b owns every partition", lambda: len(owned(b)) == PARTITIONS
             )
             failover = time.monotonic() - killed
             print(f"\npartitions {sorted(partitions_of_a)} of the killed node owned again {failover:.1f} s after"
-                  f" the kill (lease {LEASE_SECONDS:g} s, a NATS server killed meanwhile)")  # fmt: skip
+                  f" the kill (lease {LEASE_SECONDS:g} s), under load")  # fmt: skip
+            more = len(acknowledged) + 300
+            while len(acknowledged) < more and not loading.done():
+                await asyncio.sleep(0.01)
+            cluster.kill(0)
+            await loading
             await asyncio.get_running_loop().run_in_executor(None, wait_for, "all written", lambda: written_up([b]))
-            assert len(acknowledged) >= 1200
+            assert len(acknowledged) >= 900
             assert any(answer["projected"] for answer in acknowledged.values())
             assert any(not answer["projected"] for answer in acknowledged.values())
 
