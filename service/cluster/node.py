@@ -148,16 +148,21 @@ class Node:
         await self.bus.close()
 
     async def _gain(self, partition: int) -> None:
-        """A lease taken: repair and re-read the partition's devices, then start writing it."""
+        """A lease taken: start writing the partition (quickly: the lease round waits for this)."""
+        self._writing[partition] = asyncio.create_task(self._write(partition), name=f"partition-{partition}")
+
+    async def _take_over(self, partition: int) -> set[int]:
+        """Before a partition's first line: repair its devices' torn tails (a writer killed in the middle of a
+        write), forget what this node knew of them; their devices."""
         devices = {d for d in device_ids(self.store.root) if self.partition(d) == partition}
         loop = asyncio.get_running_loop()
-        for device_id in sorted(devices):  # a writer killed mid-write may have left a torn last line
+        for device_id in sorted(devices):
             for repair in await loop.run_in_executor(None, repair_device, self.store.root, device_id):
                 log.warning(repair.message)
         self.store.forget(devices)
         for device_id in devices:
             self.ingestor.forget(device_id)
-        self._writing[partition] = asyncio.create_task(self._write(partition, devices), name=f"partition-{partition}")
+        return devices
 
     async def _lose(self, partition: int) -> None:
         """A lease lost or given back: stop writing the partition (its messages stay for the next writer)."""
@@ -211,13 +216,13 @@ class Node:
 
     # ---------------------------------------------------------------- writer
 
-    async def _write(self, partition: int, devices: set[int]) -> None:
+    async def _write(self, partition: int) -> None:
         """Write the partition's messages for as long as this node holds it."""
         adopted = False
         while partition in self._writing:
             try:
                 if not adopted:
-                    await self.projector.adopt(devices)
+                    await self.projector.adopt(await self._take_over(partition))
                     adopted = True
                 await self._consume(partition)
             except asyncio.CancelledError:
