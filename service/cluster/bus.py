@@ -154,7 +154,8 @@ class Bus:
         await self.js.purge_stream(f"KV_{self.name}_nodes", subject=f"$KV.{self.name}_nodes.{key}")
 
     async def close(self) -> None:
-        await self.nc.drain()
+        """Close the connection (nothing is left to flush: every publish and put was awaited)."""
+        await self.nc.close()
 
 
 async def open_bus(settings: Settings) -> Bus:

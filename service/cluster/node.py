@@ -142,9 +142,11 @@ class Node:
         return self._parts[2]
 
     async def stop(self) -> None:
+        """Give the partitions back (their writers stop), answer what still waits for them, close the bus."""
         await self.leases.stop()
-        for _, waiter in self._waiters.values():
-            waiter.cancel()
+        for event_id, (_, waiter) in list(self._waiters.items()):
+            if not waiter.done():
+                waiter.set_result(Published(event_id, False, False))
         await self.bus.close()
 
     async def _gain(self, partition: int) -> None:
