@@ -96,7 +96,7 @@ async def open_services(
                 store, projector, recorder, settings.MAX_SAMPLES_PER_PUSH, settings.MAX_SENSORS_PER_DEVICE, node
             )
             if node is not None:
-                node.start(store, projector, ingestor)
+                await node.start(store, projector, ingestor)
             sync_stats = sync_stats or SyncStats()
             tlink, pulling = build_client(settings, session, sync_stats), asyncio.Lock()
             yield Services(

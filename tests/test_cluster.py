@@ -6,8 +6,8 @@ sharing one MariaDB database and one log root.
   acknowledged push is exactly once in the files, the events table and the readings, `verify`
   passes, and a replay of the files gives the read models the cluster built;
 - a node paused (SIGSTOP) past its lease, then resumed, appends nothing: another node took its
-  partitions and wrote what it had been sent; afterwards either node answers a device's history
-  the same, whichever node writes the device.
+  partitions and wrote what it had been sent; afterwards the live stream of one node shows the
+  pushes the other node writes, and either node answers a device's history the same.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import asyncio
 import copy
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,7 @@ def log_lines(root: Path) -> int:
     return len(logged_seqs(root))
 
 
-async def push_all(targets: list[ServiceNode], numbers: range, acknowledged: dict[int, dict[str, Any]],
+async def push_all(targets: list[ServiceNode], numbers: Iterable[int], acknowledged: dict[int, dict[str, Any]],
                    concurrency: int = 16) -> None:  # fmt: skip
     """Push `numbers` over the targets (in turn, the next one when a node does not answer) at `concurrency`."""
     queue = iter(numbers)
@@ -139,6 +139,22 @@ async def push_all(targets: list[ServiceNode], numbers: range, acknowledged: dic
                         continue
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def streamed_ids(node: ServiceNode, user_id: int, opened: asyncio.Event, wanted: asyncio.Future[set[str]],
+                       seconds: float = 60.0) -> set[str]:  # fmt: skip
+    """The event ids a node's live stream of the user sends, until it has sent every id `wanted` gives."""
+    got: set[str] = set()
+    async with aiohttp.ClientSession() as session, session.get(f"{node.url}/api/users/{user_id}/stream") as resp:
+        assert resp.status == 200
+        opened.set()
+        async with asyncio.timeout(seconds):
+            async for line in resp.content:
+                if line.startswith(b"id: "):
+                    got.add(line[4:].strip().decode())
+                if wanted.done() and wanted.result() <= got:
+                    break
+    return got
 
 
 async def dump(url: str, tables: tuple[str, ...]) -> dict[str, list[str]]:
@@ -230,19 +246,31 @@ async def test_a_node_paused_past_its_lease_appends_nothing_when_resumed(tmp_pat
             )
             await push_all([a, b], range(600, 800), acknowledged)
             await asyncio.get_running_loop().run_in_executor(None, wait_for, "all written", lambda: written_up([a, b]))
+            # The live stream of a node shows what the other node writes, once its read models show it.
+            of_b = [i for i in range(800, 1000) if (7000 + i % DEVICES) % PARTITIONS in owned(b)][:40]
+            opened, wanted = asyncio.Event(), asyncio.get_running_loop().create_future()
+            streaming = asyncio.create_task(streamed_ids(a, SAMPLE["deviceUserid"], opened, wanted))
+            await opened.wait()
+            pushed: dict[int, dict[str, Any]] = {}
+            await push_all([b], of_b, pushed)
+            wanted.set_result({answer["eventId"] for answer in pushed.values()})
+            assert wanted.result() <= await streaming
+            acknowledged.update(pushed)
+            await asyncio.get_running_loop().run_in_executor(None, wait_for, "all written", lambda: written_up([a, b]))
             for device_id in (7000, 7001, 7002, 7003):  # any node answers any read, whoever writes the device
                 path = f"/api/users/{SAMPLE['deviceUserid']}/devices/{device_id}/history?historyLimit=1000"
                 (status_a, on_a), (status_b, on_b) = a.get(path), b.get(path)
                 assert status_a == status_b == 200
                 assert orjson.loads(on_a) == orjson.loads(on_b)
                 readings = sum(len(sensor["history"]) for sensor in orjson.loads(on_a)["sensors"])
-                assert readings == 3 * len([i for i in range(800) if 7000 + i % DEVICES == device_id])
+                assert readings == 3 * len([i for i in acknowledged if 7000 + i % DEVICES == device_id])
         finally:
             a.stop()
             b.stop()
     logged = logged_seqs(root)
-    assert sorted(logged) == sorted(acknowledged) == list(range(800))
-    assert query(database, "SELECT COUNT(*), COUNT(DISTINCT event_id) FROM events") == [(800, 800)]
+    assert sorted(logged) == sorted(acknowledged) == sorted([*range(800), *of_b])
+    total = len(acknowledged)
+    assert query(database, "SELECT COUNT(*), COUNT(DISTINCT event_id) FROM events") == [(total, total)]
     assert verify(root).ok
     print("\n" + "".join(line for line in a.log_file.read_text().splitlines(keepends=True)
                          if "lost partition" in line or "not appended" in line)[-2000:])  # fmt: skip

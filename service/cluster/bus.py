@@ -74,8 +74,10 @@ class Bus:
     def subject(self, partition: int) -> str:
         return f"{self.name}.events.{partition}"
 
-    def consumer(self, partition: int) -> str:
-        return f"{self.name}-p{partition}"
+    @property
+    def applied_subject(self) -> str:
+        """Core NATS subject (not stored) on which nodes announce the events their projectors applied."""
+        return f"{self.name}.applied"
 
     @property
     def connected(self) -> bool:

@@ -34,9 +34,11 @@ from eventlog.events import PUSH, BadLine, Event, body_digest, format_instant
 from eventlog.files import device_ids
 from eventlog.recovery import repair_device
 from eventlog.store import LogStore, LogUnavailable
-from projections.projector import Projector
+from projections.changes import Placed
+from projections.projector import AppliedObserver, Projector
 from projections.readings import InvalidBody, Parsed, parse_push
-from service.cluster.bus import Bus, decode_message, partition_of
+from projections.recorder import Position
+from service.cluster.bus import Bus, decode_message, encode_message, partition_of
 from service.cluster.leases import Leases
 from service.config import Settings
 from service.ingest import Ingestor, Published, PushKey, append_and_project
@@ -46,6 +48,7 @@ log = logging.getLogger("tlink.cluster")
 FETCH_BATCH = 500
 FETCH_SECONDS = 1.0
 RETRY_SECONDS = 1.0
+ANNOUNCE_CHUNK = 200  # events per announcement of applied events
 REDELIVERY_MARGIN = timedelta(minutes=5)  # how far back of a message's time its line is looked for in the log
 
 
@@ -90,6 +93,9 @@ class Node:
         self._writing: dict[int, asyncio.Task[None]] = {}
         self._waiters: dict[str, tuple[int, asyncio.Future[Published]]] = {}
         self._lag: dict[int, int] = {}  # partition -> messages pending after the last batch fetched
+        self.on_applied: AppliedObserver | None = None  # hears of events other nodes applied (the live stream)
+        self._remote: dict[int, Position] = {}  # device -> how far another node announced it applied
+        self._sending: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- what the store and projector ask
 
@@ -120,9 +126,11 @@ class Node:
 
     # ---------------------------------------------------------------- life
 
-    def start(self, store: LogStore, projector: Projector, ingestor: Ingestor) -> None:
-        """Start taking partitions (role all or writer), writing them to `store` (its fence is `fence`)."""
+    async def start(self, store: LogStore, projector: Projector, ingestor: Ingestor) -> None:
+        """Listen to what other nodes apply; start taking partitions (role all or writer), writing them to
+        `store` (its fence is `fence`)."""
         self._parts = (store, projector, ingestor)
+        await self.bus.nc.subscribe(self.bus.applied_subject, cb=self._heard)
         if self.role != "ingest":
             self.leases.start()
 
@@ -323,6 +331,60 @@ class Node:
             )
             known = logged[event.device_id] = _LoggedIds(since, ids)
         return event.id in known.ids
+
+    # ---------------------------------------------------------------- what the nodes applied
+
+    def announce(self, placed: list[Placed]) -> None:
+        """After a commit of this node's projector: tell the other nodes (their live streams), on core NATS
+        (no storage, no acknowledgement: a node that misses it resumes its streams from the files)."""
+        if not placed or not self.bus.connected:
+            return
+        for at in range(0, len(placed), ANNOUNCE_CHUNK):  # within the servers' message size
+            events = [[encode_message(p.event).decode(), p.day, p.line_no, p.offset, p.length, p.hash]
+                      for p in placed[at : at + ANNOUNCE_CHUNK]]  # fmt: skip
+            task = asyncio.ensure_future(
+                self.bus.nc.publish(self.bus.applied_subject, orjson.dumps({"node": self.leases.value.decode(),
+                                                                            "events": events}))
+            )  # fmt: skip
+            self._sending.add(task)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.debug("announcement not sent: %s", exc)
+
+    async def _heard(self, msg: Msg) -> None:
+        """Another node applied events: its devices' positions move, and the live streams hear of them."""
+        try:
+            doc = orjson.loads(msg.data)
+            if doc["node"] == self.leases.value.decode():
+                return
+            placed = []
+            for line, day, line_no, offset, length, digest in doc["events"]:
+                event = decode_message(line.encode())
+                if self.owns(event.device_id):
+                    continue
+                placed.append(Placed(event, day, line_no, offset, length, digest))
+                known = self._remote.get(event.device_id)
+                if known is None or (day, offset + length) > (known.day, known.byte_count):
+                    self._remote[event.device_id] = Position(day, line_no, offset + length, digest)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, BadLine) as exc:
+            log.warning("an announcement of applied events could not be read: %s", exc)
+            return
+        if placed and self.on_applied is not None:
+            self.on_applied(placed)
+
+    def positions(self) -> dict[int, Position]:
+        """How far the read models hold each device's log, as far as this node knows: its projector's positions
+        for the devices it writes, the other nodes' announcements for the others."""
+        merged = self.projector.positions()
+        for device_id, pos in self._remote.items():
+            known = merged.get(device_id)
+            newer = known is None or (pos.day, pos.byte_count) > (known.day, known.byte_count)
+            if newer and not self.owns(device_id):
+                merged[device_id] = pos
+        return merged
 
     # ---------------------------------------------------------------- status
 
