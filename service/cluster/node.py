@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -48,6 +49,7 @@ log = logging.getLogger("tlink.cluster")
 FETCH_BATCH = 500
 FETCH_SECONDS = 1.0
 RETRY_SECONDS = 1.0
+PROGRESS_SECONDS = 0.5  # how often a writer records how far it wrote (and purges that from the stream)
 ANNOUNCE_CHUNK = 200  # events per announcement of applied events
 REDELIVERY_MARGIN = timedelta(minutes=5)  # how far back of a message's time its line is looked for in the log
 
@@ -247,24 +249,28 @@ class Node:
         seen = await self.bus.written(partition)
         sub = await self.bus.consumer_from(partition, seen + 1)
         logged: dict[int, _LoggedIds] = {}
-        idle = 0
+        idle, recorded, recorded_at = 0, seen, time.monotonic()
         try:
             while partition in self._writing:
                 try:
                     msgs = await sub.fetch(FETCH_BATCH, timeout=FETCH_SECONDS)
                 except TimeoutError:  # nothing came (the client's own or asyncio's timeout)
                     msgs = []
-                if not msgs:
+                if msgs:
+                    idle = 0
+                    self._lag[partition] = len(msgs) + int(msgs[-1].metadata.num_pending or 0)
+                    await self._write_batch(msgs, uncertain, logged)
+                    seen = msgs[-1].metadata.sequence.stream
+                else:
                     idle = idle + 1 if await self.bus.last_of(partition) > seen else 0
                     if idle >= 2:  # messages are there that the consumer does not deliver: its server is gone?
                         raise LogUnavailable(f"the consumer of partition {partition} delivers nothing")
                     self._lag[partition] = 0
-                    continue
-                idle = 0
-                self._lag[partition] = len(msgs) + int(msgs[-1].metadata.num_pending or 0)
-                await self._write_batch(msgs, uncertain, logged)
-                seen = msgs[-1].metadata.sequence.stream
-                await self.bus.record_written(partition, seen)
+                # The progress is recorded at most every PROGRESS_SECONDS: a writer that starts after a crash
+                # looks up in the log what it wrote since (`_in_log`).
+                if seen > recorded and (not msgs or time.monotonic() - recorded_at >= PROGRESS_SECONDS):
+                    await self.bus.record_written(partition, seen)
+                    recorded, recorded_at = seen, time.monotonic()
         finally:
             try:
                 await sub.unsubscribe()
