@@ -105,7 +105,7 @@ def read_manifest(folder: Path, name: str = MANIFEST) -> list[FileEntry]:
     except ValueError as exc:
         raise BackupError(f"{path}: the manifest is not JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
-        raise BackupError(f"{path}: not a backup manifest (no \"format\": \"{MANIFEST_FORMAT}\")")
+        raise BackupError(f'{path}: not a backup manifest (no "format": "{MANIFEST_FORMAT}")')
     if doc.get("version") != MANIFEST_VERSION:
         raise BackupError(f"{path}: manifest version {doc.get('version')!r}, this version reads {MANIFEST_VERSION}")
     files = doc.get("files")
