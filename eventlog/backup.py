@@ -26,7 +26,7 @@ import json
 import os
 import socket
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -73,7 +73,7 @@ class BackupReport:
     copied: int = 0  # files copied whole
     extended: int = 0  # files that only got their new bytes
     unchanged: int = 0
-    kept: list[str] | None = None  # files of the previous backup no longer in the log root
+    kept: list[str] = field(default_factory=list)  # files of the previous backup no longer in the log root
     bytes_copied: int = 0
 
     @property
@@ -171,22 +171,28 @@ def backup(root: Path, dest: Path, progress: Progress | None = None) -> BackupRe
         raise BackupError(f"{dest}: a backup must be outside the log root {root}, and not around it")
     previous = _previous_backup(dest)
     by_path = {entry.path: entry for entry in previous}
-    report = BackupReport(files=[], kept=[])
+    report = BackupReport(files=[])
     seen: set[str] = set()
-    for number, relative in enumerate(_files_under(root), start=1):
-        seen.add(relative)
-        report.files.append(_back_up_file(root, dest, relative, by_path.get(relative), report))
-        if progress is not None and number % 1000 == 0:
-            progress(number)
-    for entry in previous:
-        if entry.path not in seen and (dest / entry.path).is_file():
-            report.files.append(entry)
-            report.kept.append(entry.path)  # type: ignore[union-attr]
-    for folder in sorted({(dest / e.path).parent for e in report.files}, key=lambda p: -len(p.parts)):
-        fsync_dir(folder)
-    _write_manifest(dest, report.files)
-    (dest / PREVIOUS_MANIFEST).unlink(missing_ok=True)
-    fsync_dir(dest)
+    try:
+        for number, relative in enumerate(_files_under(root), start=1):
+            copied = _back_up_file(root, dest, relative, by_path.get(relative), report)
+            if copied is not None:  # None: gone since the folder was listed (retention, start-up's repair)
+                seen.add(relative)
+                report.files.append(copied)
+            if progress is not None and number % 1000 == 0:
+                progress(number)
+        for entry in previous:
+            if entry.path not in seen and (dest / entry.path).is_file():
+                report.files.append(entry)
+                report.kept.append(entry.path)
+        for folder in sorted({(dest / e.path).parent for e in report.files}, key=lambda p: -len(p.parts)):
+            fsync_dir(folder)
+        _write_manifest(dest, report.files)
+        (dest / PREVIOUS_MANIFEST).unlink(missing_ok=True)
+        fsync_dir(dest)
+    except OSError as exc:
+        where, why = exc.filename or dest, exc.strerror
+        raise BackupError(f"{where}: the backup failed: {why}; {dest} has no {MANIFEST} until one finishes") from None
     return report
 
 
@@ -225,10 +231,18 @@ def _files_under(root: Path) -> Iterator[str]:
                 yield (base / name).as_posix()
 
 
-def _back_up_file(root: Path, dest: Path, relative: str, before: FileEntry | None, report: BackupReport) -> FileEntry:
-    """Copy one file (or what it gained since `before`) and describe the copy."""
+def _back_up_file(
+    root: Path, dest: Path, relative: str, before: FileEntry | None, report: BackupReport
+) -> FileEntry | None:
+    """Copy one file (or what it gained since `before`) and describe the copy; None when the file is gone."""
     source, target = root / relative, dest / relative
-    with open(source, "rb") as handle:
+    try:
+        handle = open(source, "rb")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BackupError(f"{source}: cannot read it: {exc.strerror}") from None
+    with handle:
         size = os.fstat(handle.fileno()).st_size
         end = _complete_end(handle, size) if appended_to(relative) else size
         have = target.stat().st_size if before is not None and target.is_file() else -1
@@ -378,13 +392,16 @@ def restore(source: Path, root: Path, progress: Progress | None = None) -> list[
         )
     entries = check_backup(source, progress)
     folders: set[Path] = {root}
-    for entry in entries:
-        target = root / entry.path
-        if not target.parent.is_dir():
-            target.parent.mkdir(parents=True)
-        folders.update(p for p in target.parents if p.is_relative_to(root))
-        with open(source / entry.path, "rb") as handle:
-            _copy(handle, target, 0, entry.size)
-    for folder in sorted(folders, key=lambda p: -len(p.parts)):
-        fsync_dir(folder)
+    try:
+        for entry in entries:
+            target = root / entry.path
+            folders.update(p for p in target.parents if p.is_relative_to(root))
+            with open(source / entry.path, "rb") as handle:
+                _copy(handle, target, 0, entry.size)
+        for folder in sorted(folders, key=lambda p: -len(p.parts)):
+            fsync_dir(folder)
+    except OSError as exc:
+        raise BackupError(
+            f"{exc.filename or root}: restoring failed: {exc.strerror}; empty the log root before trying again"
+        ) from None
     return entries

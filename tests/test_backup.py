@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import json
@@ -112,6 +113,41 @@ async def test_backup_while_serving_then_restore_replay_verify_give_the_same_dat
         assert "OK: 3 files, 30 lines" in out
         assert await dump(new_url, READ_MODEL_TABLES) == live
     assert (new_root / "rejected").is_dir()
+
+
+async def test_a_backup_taken_while_pushes_keep_coming_is_a_prefix_of_each_file_and_catches_up(
+    app_client, log_root, tmp_path, sqlite_url
+):
+    client = await app_client()
+    for n in range(6):
+        assert (await client.post("/api/webhooks/tlink", data=push(2864 + n % 3, n))).status == 200
+    stop = asyncio.Event()
+
+    async def keep_pushing() -> int:
+        n = 6
+        while not stop.is_set():
+            assert (await client.post("/api/webhooks/tlink", data=push(2864 + n % 3, n % 3600))).status == 200
+            n += 1
+        return n - 6
+
+    pusher = asyncio.create_task(keep_pushing())
+    dest = tmp_path / "backup"
+    status, _, err = await run_cli(cli_env(sqlite_url, log_root), tmp_path, "backup", str(dest))
+    stop.set()
+    pushed_meanwhile = await pusher
+    assert status == 0, err
+    assert pushed_meanwhile > 0  # the backup process takes far longer than a push
+
+    entries = check_backup(dest)
+    for found in entries:
+        copy_bytes = (dest / found.path).read_bytes()
+        assert (log_root / found.path).read_bytes().startswith(copy_bytes) and copy_bytes.endswith(b"\n")
+    status, _, err = await run_cli(cli_env(sqlite_url, log_root), tmp_path, "backup", str(dest))  # all caught up
+    assert status == 0, err
+    for found in check_backup(dest):
+        assert (dest / found.path).read_bytes() == (log_root / found.path).read_bytes()
+    assert sum(e.lines for e in check_backup(dest) if not e.path.startswith("rejected")) == 6 + pushed_meanwhile
+    await client.close()
 
 
 # ---------------------------------------------------------------- what is copied

@@ -195,7 +195,7 @@ def backup_command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"tlink-push backup: {exc}", file=sys.stderr)
         return 1
     progress.done()
-    for relative in report.kept or []:
+    for relative in report.kept:
         print(f"kept {relative}: no longer in the log root")
     print(
         f"backed up {len(report.files)} files ({report.size:,} bytes) into {args.dest} in"
@@ -222,8 +222,11 @@ def restore_command(args: argparse.Namespace, settings: Settings) -> int:
     progress = Progress("restore: files checked")
     try:
         lock = lock_root(root)
-    except (LogLocked, OSError) as exc:
+    except LogLocked as exc:
         print(f"tlink-push restore: {exc}; stop the service first", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"tlink-push restore: {root}: cannot use it as the log root: {exc.strerror}", file=sys.stderr)
         return 1
     try:
         entries = restore(args.source, root, progress)
