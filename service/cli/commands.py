@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+from eventlog.backup import BackupError, backup, restore
 from eventlog.events import utc_now
-from eventlog.store import LogLocked
+from eventlog.store import LogLocked, lock_root
 from eventlog.verify import RecordedFile, verify
 from projections.coverage import SensorCoverage, day_coverage
 from projections.db import DatabaseMissing
@@ -167,6 +168,79 @@ async def _recorded_files(settings: Settings) -> dict[tuple[int, str], RecordedF
     if recorded is None:
         print("note: the database holds no tables of this service: checking the hash chains only")
     return recorded
+
+
+# ---------------------------------------------------------------- backup and restore
+
+
+def _backup_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dest", type=Path, metavar="DEST", help="the backup folder: new, empty, or holding a backup")
+    parser.epilog = (
+        "Copies every file under SYNC_LOG_DIR into DEST while the service runs (it takes no lock): each *.log"
+        " file up to its last complete line as of the moment it is read, every other file as it is, each"
+        " fsynced; then writes DEST/MANIFEST.json (each file's size, line count, last line's hash and SHA-256)"
+        " last and atomically. Into a folder holding a backup it is incremental: only what changed is copied."
+        " The database is not backed up: `tlink-push replay` rebuilds it. See docs/backup.md."
+    )
+
+
+def backup_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Copy the log root into a backup folder, with its manifest."""
+    progress = Progress("backup: files")
+    started = time.monotonic()
+    try:
+        report = backup(settings.SYNC_LOG_DIR, args.dest, progress)
+    except BackupError as exc:
+        progress.done()
+        print(f"tlink-push backup: {exc}", file=sys.stderr)
+        return 1
+    progress.done()
+    for relative in report.kept:
+        print(f"kept {relative}: no longer in the log root")
+    print(
+        f"backed up {len(report.files)} files ({report.size:,} bytes) into {args.dest} in"
+        f" {time.monotonic() - started:.1f} s: {report.copied} copied, {report.extended} extended,"
+        f" {report.unchanged} unchanged, {report.bytes_copied:,} bytes written"
+    )
+    return 0
+
+
+def _restore_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", type=Path, metavar="SRC", help="a folder written by `tlink-push backup`")
+    parser.epilog = (
+        "Checks every file of SRC against SRC/MANIFEST.json (size, line count, last line's hash, SHA-256; no"
+        " file missing or unlisted), then copies it into SYNC_LOG_DIR, which must hold no file (run it with the"
+        " service stopped: it takes the log root's writer lock). Then run `tlink-push replay` and"
+        " `tlink-push verify`, and start the service. Exit status 1 when the backup does not match its manifest"
+        " or the log root is not empty; nothing is copied then."
+    )
+
+
+def restore_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Check a backup and copy it into an empty log root."""
+    root = settings.SYNC_LOG_DIR
+    progress = Progress("restore: files checked")
+    try:
+        lock = lock_root(root)
+    except LogLocked as exc:
+        print(f"tlink-push restore: {exc}; stop the service first", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"tlink-push restore: {root}: cannot use it as the log root: {exc.strerror}", file=sys.stderr)
+        return 1
+    try:
+        entries = restore(args.source, root, progress)
+    except BackupError as exc:
+        progress.done()
+        print(f"tlink-push restore: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        os.close(lock)
+    progress.done()
+    size = sum(entry.size for entry in entries)
+    print(f"restored {len(entries)} files ({size:,} bytes) from {args.source} into {root}, each checked")
+    print("next: tlink-push replay, then tlink-push verify, then start the service")
+    return 0
 
 
 # ---------------------------------------------------------------- prune
@@ -418,6 +492,12 @@ COMMANDS = {
     ),
     "verify": Command(
         "check every hash chain and the last-line hashes recorded in the database", verify_command, _verify_arguments
+    ),
+    "backup": Command(
+        "copy the log files into a folder with a manifest, while the service runs", backup_command, _backup_arguments
+    ),
+    "restore": Command(
+        "check a backup against its manifest and copy it into an empty log root", restore_command, _restore_arguments
     ),
     "prune": Command(
         "apply log retention now: delete daily files older than LOG_AGE days", prune_command, _prune_arguments
