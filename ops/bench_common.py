@@ -18,11 +18,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pymysql
-
 from eventlog.events import ZERO_HASH, Event, encode_line, line_hash
 from eventlog.files import log_path
-from projections.db import DatabaseUrl, parse_database_url
+from projections.db import DatabaseUrl, mysql_connect, parse_database_url
 
 PROJECT = Path(__file__).resolve().parent.parent
 RESULTS = PROJECT / "ops" / "results"
@@ -75,9 +73,7 @@ def free_port() -> int:
 
 
 def _mysql_connect(url: DatabaseUrl, database: str | None = None) -> Any:
-    return pymysql.connect(
-        host=url.host, port=url.port, user=url.user, password=url.password, database=database, autocommit=True
-    )
+    return mysql_connect(url, database, autocommit=True)
 
 
 @contextmanager
