@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import subprocess
 import sys
@@ -116,3 +117,16 @@ def test_an_unescaped_password_in_the_url_is_a_clear_error_that_does_not_show_it
     message = str(caught.value)
     assert message.startswith("invalid setting DATABASE_URL: ") and "percent-encode" in message
     assert "secretpw" not in message
+
+
+@pytest.mark.parametrize("command", [["tlink-push"], [sys.executable, "-m", "service"]])
+def test_version_and_python_dash_m_service(command, tmp_path):
+    if command == ["tlink-push"]:
+        command = [str(Path(sys.executable).with_name("tlink-push"))]
+    version = importlib.metadata.version("tlink-push")
+    done = subprocess.run([*command, "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and done.stdout.strip() == f"tlink-push {version}"
+    # python -m service is the same command line: the same bad setting gives the same one line and status.
+    env = {"PORT": "abc", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([*command, "verify"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and done.stderr.startswith("tlink-push: invalid setting PORT: ")
