@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,12 +46,16 @@ class ServerTls:
 
 class PrivateMariaDB:
     """mariadbd on its own port and data folder; with `tls`, it offers TLS (and with
-    `require_secure_transport`, refuses connections without it)."""
+    `require_secure_transport`, refuses connections without it); `options` go to mariadbd as they are."""
 
-    def __init__(self, folder: Path, tls: ServerTls | None = None, require_secure_transport: bool = False) -> None:
+    def __init__(
+        self, folder: Path, tls: ServerTls | None = None, require_secure_transport: bool = False,
+        options: Sequence[str] = (),
+    ) -> None:  # fmt: skip
         self.folder = folder
         self.tls = tls
         self.require_secure_transport = require_secure_transport
+        self.options = list(options)  # further mariadbd options, e.g. --sql-mode=...
         self.data = folder / "data"
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -66,7 +71,7 @@ class PrivateMariaDB:
 
     def start(self) -> None:
         """Start the server and wait until it answers; the database `tlink` exists afterwards."""
-        options = []
+        options = list(self.options)
         if self.tls is not None:
             options += [f"--ssl-ca={self.tls.ca}", f"--ssl-cert={self.tls.cert}", f"--ssl-key={self.tls.key}"]
         if self.require_secure_transport:

@@ -483,6 +483,12 @@ def transaction_text(statements: Sequence[str], compound: bool) -> str:
     return ";\n".join(["BEGIN", *statements])
 
 
+def is_mariadb(server_version: str) -> bool:
+    """A server version string is MariaDB's (`10.11.19-MariaDB-0+deb12u1`, `5.5.5-10.6.4-MariaDB`), not
+    MySQL's (`8.0.36`, `8.4.3`): only MariaDB runs anonymous compound statements."""
+    return "mariadb" in server_version.lower()
+
+
 class _MysqlCursor(Cursor):
     def __init__(self, cursor: Any) -> None:
         self._cursor = cursor
@@ -634,7 +640,7 @@ class MysqlDatabase(Database):
     def compound_statements(self, conn: Any) -> bool:
         """Does the server run anonymous compound statements (MariaDB's `BEGIN NOT ATOMIC`)?"""
         if self.compound is None:
-            self.compound = "mariadb" in str(conn.get_server_info()).lower()
+            self.compound = is_mariadb(str(conn.get_server_info()))
         return self.compound
 
     async def close(self) -> None:
