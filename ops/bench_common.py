@@ -20,7 +20,7 @@ from typing import Any
 
 from eventlog.events import ZERO_HASH, Event, encode_line, line_hash
 from eventlog.files import log_path
-from projections.db import DatabaseUrl, mysql_connect, parse_database_url
+from projections.db import DatabaseUrl, mysql_connect, mysql_url, parse_database_url
 
 PROJECT = Path(__file__).resolve().parent.parent
 RESULTS = PROJECT / "ops" / "results"
@@ -87,11 +87,6 @@ def _mysql_cursor(url: DatabaseUrl, database: str | None = None) -> Iterator[Any
         conn.close()
 
 
-def _mysql_url(url: DatabaseUrl, database: str) -> str:
-    auth = url.user + (f":{url.password}" if url.password else "")
-    return f"mysql://{auth}@{url.host}:{url.port}/{database}"
-
-
 @contextmanager
 def bench_database(database_url: str | None, mysql_server: str, sqlite_dir: Path | None) -> Iterator[str]:
     """The DATABASE_URL to benchmark against: given as is, a fresh SQLite file, or a fresh MariaDB database."""
@@ -105,7 +100,7 @@ def bench_database(database_url: str | None, mysql_server: str, sqlite_dir: Path
         admin = _mysql_connect(server)
         try:
             admin.cursor().execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-            yield _mysql_url(server, name)
+            yield mysql_url(server, name)
         finally:
             admin.cursor().execute(f"DROP DATABASE IF EXISTS {name}")
             admin.close()

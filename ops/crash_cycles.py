@@ -69,7 +69,7 @@ import pymysql
 
 from ops.bench_common import PROJECT, RESULTS, TLINK_PUSH, code_version, free_port, machine_facts, table
 from ops.private_mariadb import PrivateMariaDB, available
-from projections.db import DatabaseUrl, mysql_connect, parse_database_url
+from projections.db import DatabaseUrl, mysql_connect, mysql_url, parse_database_url
 
 SAMPLE: dict[str, Any] = orjson.loads((PROJECT / "tests" / "fixtures" / "sample_push.json").read_bytes())
 DEFAULT_MYSQL_SERVER = "mysql://root@127.0.0.1:3306/test"  # the database part is not used
@@ -237,9 +237,8 @@ def mysql_database(server_url: str) -> Iterator[str]:
     server = parse_database_url(server_url)
     name = f"tlink_crash_{uuid.uuid4().hex[:10]}"
     _admin(server, f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-    auth = server.user + (f":{server.password}" if server.password else "")
     try:
-        yield f"mysql://{auth}@{server.host}:{server.port}/{name}"
+        yield mysql_url(server, name)
     finally:
         _admin(server, f"DROP DATABASE IF EXISTS {name}")
 

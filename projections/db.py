@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import quote as quote_url
 
 from pymysql.constants import CLIENT
 
@@ -153,6 +154,15 @@ def _ssl_options(query: str) -> dict[str, Any]:
     except (ssl.SSLError, OSError) as exc:
         raise ValueError(f"the TLS files of the mysql URL cannot be used: {exc}") from None
     return options
+
+
+def mysql_url(url: DatabaseUrl, database: str) -> str:
+    """The DATABASE_URL of another database on the same server, as the same user and with the same TLS."""
+    auth = quote_url(url.user, safe="") + (":" + quote_url(url.password, safe="") if url.password else "")
+    tls = {"ssl-mode": url.ssl_mode if url.ssl_mode != "DISABLED" else None, "ssl-ca": url.ssl_ca,
+           "ssl-cert": url.ssl_cert, "ssl-key": url.ssl_key}  # fmt: skip
+    query = urlencode({name: str(value) for name, value in tls.items() if value is not None})
+    return f"mysql://{auth}@{url.host}:{url.port}/{quote_url(database, safe='')}" + (f"?{query}" if query else "")
 
 
 def mysql_connect(url: DatabaseUrl, database: str | None, **options: Any) -> Any:

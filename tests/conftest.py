@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from ops.private_mariadb import PrivateMariaDB
-from projections.db import mysql_connect, parse_database_url
+from projections.db import mysql_connect, mysql_url, parse_database_url
 from service.config import Settings, load_settings
 from service.http.app import create_app
 
@@ -50,8 +50,7 @@ def mysql_database_url() -> Iterator[str]:
     admin = _mysql_admin()
     try:
         admin.cursor().execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-        auth = url.user + (f":{url.password}" if url.password else "")
-        yield f"mysql://{auth}@{url.host}:{url.port}/{name}"
+        yield mysql_url(url, name)
     finally:
         admin.cursor().execute(f"DROP DATABASE IF EXISTS {name}")
         admin.close()

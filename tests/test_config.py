@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from projections.db import mysql_url, parse_database_url
 from service.config import Settings, SettingsError, load_settings
 
 ROOT = Path(__file__).parent.parent
@@ -130,3 +131,12 @@ def test_version_and_python_dash_m_service(command, tmp_path):
     env = {"PORT": "abc", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([*command, "verify"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and done.stderr.startswith("tlink-push: invalid setting PORT: ")
+
+
+def test_another_database_of_the_same_server_keeps_user_password_and_tls():
+    server = parse_database_url("mysql://tlink@db:3307/x?ssl-mode=REQUIRED", password="p/#?%@:w")
+    other = parse_database_url(mysql_url(server, "tlink_2"))
+    assert (other.user, other.password, other.host, other.port) == ("tlink", "p/#?%@:w", "db", 3307)
+    assert other.database == "tlink_2"
+    assert other.ssl_mode == "REQUIRED"
+    assert mysql_url(parse_database_url("mysql://root@127.0.0.1:3306/test"), "t2") == "mysql://root@127.0.0.1:3306/t2"
