@@ -12,12 +12,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pymysql
 import pytest
 from aiohttp.test_utils import TestClient
 
 from ops.private_mariadb import PrivateMariaDB
-from projections.db import parse_database_url
+from projections.db import mysql_connect, mysql_url, parse_database_url
 from service.config import Settings, load_settings
 from service.http.app import create_app
 
@@ -41,8 +40,7 @@ def fixture_bytes(name: str) -> bytes:
 
 
 def _mysql_admin() -> Any:
-    url = parse_database_url(MYSQL_URL)
-    return pymysql.connect(host=url.host, port=url.port, user=url.user, password=url.password, autocommit=True)
+    return mysql_connect(parse_database_url(MYSQL_URL), None, autocommit=True)
 
 
 def mysql_database_url() -> Iterator[str]:
@@ -52,8 +50,7 @@ def mysql_database_url() -> Iterator[str]:
     admin = _mysql_admin()
     try:
         admin.cursor().execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-        auth = url.user + (f":{url.password}" if url.password else "")
-        yield f"mysql://{auth}@{url.host}:{url.port}/{name}"
+        yield mysql_url(url, name)
     finally:
         admin.cursor().execute(f"DROP DATABASE IF EXISTS {name}")
         admin.close()

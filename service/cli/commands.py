@@ -78,7 +78,7 @@ def _replay_arguments(parser: argparse.ArgumentParser) -> None:
 def replay(args: argparse.Namespace, settings: Settings) -> int:
     workers = args.workers
     if workers is None:
-        workers = min(2, os.cpu_count() or 1) if settings.DATABASE_URL.startswith("mysql") else 1
+        workers = min(2, os.cpu_count() or 1) if settings.database.kind == "mysql" else 1
     if workers < 1:
         print("tlink-push replay: --workers must be at least 1", file=sys.stderr)
         return 2
@@ -90,7 +90,7 @@ async def _replay(settings: Settings, workers: int) -> int:
     progress = Progress("replay: events")
     started = time.monotonic()
     async with open_database(settings) as db:
-        report = await replay_logs(db, root, progress, settings.DATABASE_URL, workers)
+        report = await replay_logs(db, root, progress, settings.database, workers)
     progress.done()
     for repair in report.repairs:
         print(repair.message, file=sys.stderr)
