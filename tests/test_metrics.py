@@ -16,7 +16,7 @@ from eventlog.store import LogUnavailable
 from projections import views
 from projections.db import DatabaseUnavailable
 from service.http.app import create_app
-from service.http.keys import RETENTION_STATS, SERVICES, SYNC_STATS
+from service.http.keys import RETENTION_STATS, SERVICES, STREAM_HUB, SYNC_STATS
 from service.jobs.sync import SyncReport, UserReport
 from tests.conftest import fixture_bytes
 
@@ -271,6 +271,21 @@ async def test_webhook_pushes_are_counted_once_as_pushes_not_as_requests(app_cli
     assert requests(scraped, route=WEBHOOK) == 0
     assert requests(scraped, route="unmatched", method="GET", status="4xx") == 1  # the GET: no route has it
     assert scraped("tlink_http_requests_total", route="/metrics", method="GET", status="2xx") == 1
+
+
+async def test_a_live_stream_is_counted_when_it_ends_but_not_timed(app_client):
+    client = await app_client()
+    await client.post(WEBHOOK, data=SAMPLE)
+    stream = await client.get("/api/users/385/stream")
+    assert stream.status == 200
+    await stream.content.readany()
+    client.server.app[STREAM_HUB].close()  # as at shutdown: the service ends the stream
+    assert await stream.content.read() == b""
+    route = "/api/users/{userId}/stream"
+    scraped = await wait_for(client, lambda s: requests(s, route=route) == 1)
+    assert scraped("tlink_http_requests_total", route=route, method="GET", status="2xx") == 1
+    assert not [labels for (name, labels) in scraped.samples if name.startswith("tlink_http_request_duration")
+                and dict(labels)["route"] == route]  # fmt: skip
 
 
 def write_torn_log(root, device_id: int = 2864) -> int:
