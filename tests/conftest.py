@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -22,6 +23,8 @@ from service.http.app import create_app
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MYSQL_URL = os.environ.get("TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+# ops/test unpacks Debian's prometheus package into the venv for promtool (the server is not installed).
+VENV_PROMTOOL = Path(sys.prefix) / "tools" / "usr" / "bin" / "promtool"
 
 
 class Clock:
@@ -37,6 +40,21 @@ class Clock:
 def fixture_bytes(name: str) -> bytes:
     """A fixture file's exact bytes."""
     return (FIXTURES / name).read_bytes()
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """promtool: the venv's (see ops/test) or one on PATH; missing, a failure in CI and a skip elsewhere."""
+    found = str(VENV_PROMTOOL) if VENV_PROMTOOL.is_file() else shutil.which("promtool")
+    if found is None:
+        message = (
+            "promtool is missing: ./ops/test unpacks it from Debian's prometheus package into .venv/tools/"
+            " (apt-get download prometheus, then dpkg-deb -x)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
 
 
 def _mysql_admin() -> Any:
