@@ -29,8 +29,8 @@ OPS = Path(__file__).parent.parent / "ops"
 ALERTS = OPS / "prometheus" / "alerts.yml"
 ALERTS_TEST = OPS / "prometheus" / "alerts_test.yml"
 DASHBOARD = OPS / "grafana" / "tlink.json"
-# The Compose stack's Prometheus configuration (ops/prometheus/prometheus.yml, formerly ops/prometheus.yml).
-SCRAPE_CONFIGS = (OPS / "prometheus" / "prometheus.yml", OPS / "prometheus.yml")
+# The Compose stack's Prometheus configuration.
+SCRAPE_CONFIG = OPS / "prometheus" / "prometheus.yml"
 JOB = "tlink-push"
 DATASOURCE = {"type": "prometheus", "uid": "tlink-prometheus"}
 SEVERITIES = {"critical", "warning", "info"}
@@ -108,8 +108,7 @@ def test_each_rule_waits_has_a_severity_and_says_what_happened():
 
 
 def test_every_selector_names_the_scrape_job_of_the_shipped_prometheus_config():
-    config = next(path for path in SCRAPE_CONFIGS if path.exists())
-    jobs = [scrape["job_name"] for scrape in yaml.safe_load(config.read_text())["scrape_configs"]]
+    jobs = [scrape["job_name"] for scrape in yaml.safe_load(SCRAPE_CONFIG.read_text())["scrape_configs"]]
     assert jobs == [JOB]
     for expr in [rule["expr"] for rule in rules()] + [expr for _, expr in panel_expressions()]:
         for name, selector in METRIC.findall(expr):
