@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -26,7 +26,6 @@ from projections.readings import (
     Reading,
     flag_bool,
     integer_text,
-    legacy_time_text,
     parse_id,
     parse_platform_time,
     read_event,
@@ -187,13 +186,7 @@ def merge_device_push(old: DevicePushRow | None, new: DevicePushRow) -> DevicePu
 
 
 def merge_device_meta(old: DeviceMetaRow | None, new: DeviceMetaRow) -> DeviceMetaRow:
-    """The newest metadata wins; the owner is that of the greatest event id, as for every device row
-    (they differ only for an imported legacy row, dated by the old database)."""
-    if old is None:
-        return new
-    meta = new if new.meta_updated_at >= old.meta_updated_at else old
-    owner = new if new.event_id > old.event_id else old
-    return meta if meta is owner else replace(meta, tlink_user_id=owner.tlink_user_id, event_id=owner.event_id)
+    return new if old is None or new.meta_updated_at >= old.meta_updated_at else old
 
 
 def merge_sensor_latest(old: SensorLatestRow | None, new: SensorLatestRow) -> SensorLatestRow:
@@ -367,21 +360,17 @@ def _sensor_meta_rows(event: Event) -> list[SensorMetaRow]:
     return rows
 
 
-_LEGACY_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # an old row that says nothing of its age is older than any
-
-
 def _add_legacy_row(changes: Changes, event: Event) -> None:
-    """An imported row of the old `devices` or `sensors` table, as metadata dated by the row's own
-    `updated_at` (else `created_at`): a sync since then wins, and what nothing newer says is kept."""
+    """An imported row of the old `devices` or `sensors` table: metadata as of its import, like a sync's
+    (the next sync replaces what it says)."""
     table = (event.source or {}).get("table")
     body = event.body
-    dated = _legacy_moment(body.get("updated_at")) or _legacy_moment(body.get("created_at")) or _LEGACY_EPOCH
     if table == LEGACY_DEVICES:
         row = DeviceMetaRow(
             device_id=event.device_id, tlink_user_id=event.user_id, event_id=event.id,
             device_name=_short(body.get("device_name"), 255), device_no=_short(body.get("device_no"), 128),
             group_id=_int_or_none(body.get("group_id")), lat=_short(body.get("lat"), 32) or None,
-            lng=_short(body.get("lng"), 32) or None, is_line=None, meta_updated_at=dated,
+            lng=_short(body.get("lng"), 32) or None, is_line=None, meta_updated_at=event.received_at,
         )  # fmt: skip
         _put(changes.device_meta, event.device_id, row, merge_device_meta)
     elif table == LEGACY_SENSORS:
@@ -391,16 +380,9 @@ def _add_legacy_row(changes: Changes, event: Event) -> None:
             return
         meta = SensorMetaRow(
             sensor_id, event.device_id, None, _int_or_none(body.get("sensors_type_id")), _short(body.get("unit"), 64),
-            None, dated,
+            None, event.received_at,
         )  # fmt: skip
         _put(changes.sensor_meta, (meta.device_id, sensor_id), meta, merge_sensor_meta)
-
-
-def _legacy_moment(value: Any) -> datetime | None:
-    try:
-        return parse_platform_time(legacy_time_text(value)).replace(tzinfo=UTC)
-    except InvalidBody:
-        return None
 
 
 def _int_or_none(value: Any) -> int | None:

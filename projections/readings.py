@@ -390,14 +390,14 @@ def legacy_row_reading(body: dict[str, Any], source: dict[str, Any]) -> Reading:
     """The reading of an old `sensor_readings` row: reading time `recorded_at`, `value`, `re_val`,
     `sensor_timestamp`, `is_alarm`, `is_line`; InvalidBody when it cannot be placed."""
     sensor_id = parse_id(source.get("sensorsId"), "the sensor's sensors_id")
-    moment = parse_platform_time(legacy_time_text(body.get("recorded_at")), "recorded_at")
+    moment = parse_platform_time(_legacy_time_text(body.get("recorded_at")), "recorded_at")
     return Reading(
         sensor_id, moment, _text(body.get("sensor_timestamp")), _cut(body.get("value"), MAX_VALUE_CHARS),
         _cut(body.get("re_val"), MAX_VALUE_CHARS), flag_bool(body.get("is_alarm")), flag_bool(body.get("is_line")),
     )  # fmt: skip
 
 
-def legacy_time_text(value: Any) -> Any:
+def _legacy_time_text(value: Any) -> Any:
     """A DATETIME of the old database as text, without fractional seconds ('YYYY-MM-DD HH:MM:SS')."""
     if isinstance(value, str) and len(value) > 19 and value[19] == ".":
         return value[:19]
