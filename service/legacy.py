@@ -303,6 +303,12 @@ async def import_legacy(
     while a service holds the log root.
     """
     old = OldDatabase(mysql_url)
+    new = parse_database_url(settings.DATABASE_URL)
+    if new.kind == "mysql" and (new.host, new.port, new.database) == (old.url.host, old.url.port, old.url.database):
+        raise LegacyError(
+            "--mysql names the new service's own database (DATABASE_URL): the new tables would be made among the"
+            " old ones of the same names; give the new service a database of its own"
+        )
     await asyncio.to_thread(old.open)
     try:
         return await _run(settings, old, logs or settings.SYNC_LOG_DIR, progress)

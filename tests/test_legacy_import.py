@@ -200,6 +200,9 @@ async def test_bad_input_is_a_clear_error_and_changes_nothing(empty_mysql_url, s
     assert status == 2 and "has no table users: not the original service's database" in err
     status, _, err = await run_cli(env, tmp_path, "import-legacy", "--mysql", "sqlite:///old.db")
     assert status == 2 and "--mysql must be a mysql:// URL" in err
+    same = cli_env(empty_mysql_url, log_root)
+    status, _, err = await run_cli(same, tmp_path, "import-legacy", "--mysql", empty_mysql_url)
+    assert status == 2 and "--mysql names the new service's own database (DATABASE_URL)" in err
     assert (log_root / OLD_NAME).read_bytes() == OLD_LINES and (log_root / FOREIGN_NAME).read_bytes() == FOREIGN_LINES
     assert not (log_root / "legacy-imported").exists()
 
