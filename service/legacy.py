@@ -58,6 +58,7 @@ REQUIRED_COLUMNS = {
     LEGACY_SENSORS: ("id", "device_id", "sensors_id"),
     LEGACY_READINGS: ("id", "sensor_id", "recorded_at"),
 }
+PARTIAL_SUFFIX = ".partial"  # an old file being copied into legacy-imported/ from another file system
 ROWS_PER_QUERY = 1000
 EVENTS_AT_ONCE = 500  # appended together: they share group commits
 _LEGACY_MARK = b'"type":"legacy"'
@@ -260,7 +261,9 @@ def move_aside(root: Path, device_id: int, path: Path) -> Path:
     while target.exists():
         n += 1
         target = folder / f"{name}.{n}"
-    shutil.move(path, target)  # a rename within one file system, else a copy and a delete
+    partial = target.with_name(target.name + PARTIAL_SUFFIX)
+    shutil.move(path, partial)  # a rename within one file system, else a copy and a delete
+    os.replace(partial, target)  # so a copy cut short is never taken for a whole old file
     for changed in {folder, folder.parent, root, path.parent}:
         fsync_dir(changed)
     return target
@@ -274,7 +277,11 @@ def imported_files(root: Path) -> list[tuple[int, Path]]:
     found: list[tuple[int, Path]] = []
     for folder in sorted(top.iterdir(), key=lambda p: p.name):
         if folder.is_dir() and folder.name.isdigit():
-            found.extend((int(folder.name), path) for path in sorted(folder.iterdir()) if path.is_file())
+            found.extend(
+                (int(folder.name), path)
+                for path in sorted(folder.iterdir())
+                if path.is_file() and not path.name.endswith(PARTIAL_SUFFIX)
+            )
     return found
 
 
