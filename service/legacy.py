@@ -309,6 +309,8 @@ async def import_legacy(
     LegacyError (before anything changes) when the old database cannot be read; LogLocked
     while a service holds the log root.
     """
+    if logs is not None and not logs.is_dir():
+        raise LegacyError(f"--logs {logs} is not a folder")
     old = OldDatabase(mysql_url)
     new = parse_database_url(settings.DATABASE_URL)
     if new.kind == "mysql" and (new.host, new.port, new.database) == (old.url.host, old.url.port, old.url.database):

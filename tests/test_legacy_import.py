@@ -198,6 +198,8 @@ async def test_bad_input_is_a_clear_error_and_changes_nothing(empty_mysql_url, s
     assert "nothing was changed" in err
     status, _, err = await run_cli(env, tmp_path, "import-legacy", "--mysql", empty_mysql_url)
     assert status == 2 and "has no table users: not the original service's database" in err
+    status, _, err = await run_cli(env, tmp_path, "import-legacy", "--mysql", empty_mysql_url, "--logs", "nowhere")
+    assert status == 2 and "--logs nowhere is not a folder" in err
     status, _, err = await run_cli(env, tmp_path, "import-legacy", "--mysql", "sqlite:///old.db")
     assert status == 2 and "--mysql must be a mysql:// URL" in err
     same = cli_env(empty_mysql_url, log_root)
