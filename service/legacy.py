@@ -46,7 +46,7 @@ from projections.readings import (
     legacy_row_reading,
     parse_id,
 )
-from service.bootstrap import open_services
+from service.bootstrap import Services, open_services
 from service.config import Settings
 
 IMPORTED_DIR = "legacy-imported"  # under SYNC_LOG_DIR: the old files, moved here whole, and the records
@@ -67,6 +67,10 @@ _FOREIGN_SUFFIX_RE = re.compile(r"\.foreign(?:\.\d+)?$")
 
 class LegacyError(Exception):
     """The old database cannot be read as the original service's: nothing was changed."""
+
+
+class ImportInterrupted(Exception):
+    """The old database failed part-way: what was appended stays (a new run imports the rest)."""
 
 
 @dataclass(slots=True)
@@ -332,57 +336,65 @@ async def _run(settings: Settings, old: OldDatabase, logs: Path, progress: Calla
     report.users = len(users)
     devices, sensors = await old.table(LEGACY_DEVICES), await old.table(LEGACY_SENSORS)
     async with open_services(settings) as services:  # takes the writer lock; start-up's repair runs first
-        known = await asyncio.to_thread(imported_sources, root)
-        for device_id, path in old_files(logs):
-            target = move_aside(root, device_id, path)
-            report.moved.append((str(path), str(target)))
-        done = 0
-
-        async def flush(pending: list[Pending]) -> None:
-            nonlocal done
-            await asyncio.gather(*(
-                services.ingestor.record(LEGACY, device, user, body, readings, source=source)
-                for device, user, body, readings, source in pending
-            ))  # fmt: skip
-            done += len(pending)
-            progress(done)
-            pending.clear()
-
-        pending: list[Pending] = []
-
-        def offer(count: Count, placed: Placement, body: dict[str, Any], source: dict[str, Any]) -> None:
-            count.read += 1
-            if source_key(source) in known:
-                count.already += 1
-            elif isinstance(placed, str):
-                report.refuse(count, source, placed)
-            else:
-                count.imported += 1
-                pending.append((placed[0], placed[1], body, placed[2], source))
-
-        places = _Places(users, devices, sensors)
-        for table, rows in ((LEGACY_DEVICES, _each(devices)), (LEGACY_SENSORS, _each(sensors)),
-                            (LEGACY_READINGS, old.rows(LEGACY_READINGS))):  # fmt: skip
-            count = report.tables.setdefault(table, Count())
-            async for row in rows:
-                source: dict[str, Any] = {"table": table, "key": {"id": row["id"]}}
-                offer(count, places.place(table, row, source), row, source)
-                if len(pending) >= EVENTS_AT_ONCE:
-                    await flush(pending)
-            await flush(pending)
-        owners = places.owners()
-        for device_id, path in imported_files(root):
-            name = str(path.relative_to(root))
-            count = report.files.setdefault(name, Count())
-            for line_no, raw in file_lines(path):
-                source = {"file": name, "line": line_no}
-                placed, body = _place_line(device_id, owners.get(device_id), raw)
-                offer(count, placed, body, source)
-                if len(pending) >= EVENTS_AT_ONCE:
-                    await flush(pending)
-            await flush(pending)
+        try:
+            await _import(services, root, old, logs, report, progress, _Places(users, devices, sensors))
+        except LegacyError as exc:
+            raise ImportInterrupted(str(exc)) from None
     report.record = write_record(root, report)
     return report
+
+
+async def _import(services: Services, root: Path, old: OldDatabase, logs: Path, report: ImportReport,
+                  progress: Callable[[int], None], places: _Places) -> None:  # fmt: skip
+    """Move the old files aside, then append every row and line not yet in the log."""
+    known = await asyncio.to_thread(imported_sources, root)
+    for device_id, path in old_files(logs):
+        target = move_aside(root, device_id, path)
+        report.moved.append((str(path), str(target)))
+    done = 0
+
+    async def flush(pending: list[Pending]) -> None:
+        nonlocal done
+        await asyncio.gather(*(
+            services.ingestor.record(LEGACY, device, user, body, readings, source=source)
+            for device, user, body, readings, source in pending
+        ))  # fmt: skip
+        done += len(pending)
+        progress(done)
+        pending.clear()
+
+    pending: list[Pending] = []
+
+    def offer(count: Count, placed: Placement, body: dict[str, Any], source: dict[str, Any]) -> None:
+        count.read += 1
+        if source_key(source) in known:
+            count.already += 1
+        elif isinstance(placed, str):
+            report.refuse(count, source, placed)
+        else:
+            count.imported += 1
+            pending.append((placed[0], placed[1], body, placed[2], source))
+
+    for table, rows in ((LEGACY_DEVICES, _each(places.devices)), (LEGACY_SENSORS, _each(places.sensors)),
+                        (LEGACY_READINGS, old.rows(LEGACY_READINGS))):  # fmt: skip
+        count = report.tables.setdefault(table, Count())
+        async for row in rows:
+            source: dict[str, Any] = {"table": table, "key": {"id": row["id"]}}
+            offer(count, places.place(table, row, source), row, source)
+            if len(pending) >= EVENTS_AT_ONCE:
+                await flush(pending)
+        await flush(pending)
+    owners = places.owners()
+    for device_id, path in imported_files(root):
+        name = str(path.relative_to(root))
+        count = report.files.setdefault(name, Count())
+        for line_no, raw in file_lines(path):
+            source = {"file": name, "line": line_no}
+            placed, body = _place_line(device_id, owners.get(device_id), raw)
+            offer(count, placed, body, source)
+            if len(pending) >= EVENTS_AT_ONCE:
+                await flush(pending)
+        await flush(pending)
 
 
 async def _each(rows: dict[Any, dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:

@@ -28,7 +28,7 @@ from service.config import Settings
 from service.http.server import run_server
 from service.jobs.backfill import BackfillReport
 from service.jobs.sync import SyncReport
-from service.legacy import IMPORTED_DIR, ImportReport, LegacyError, describe_source, import_legacy
+from service.legacy import IMPORTED_DIR, ImportInterrupted, ImportReport, LegacyError, describe_source, import_legacy
 
 
 class Progress:
@@ -426,6 +426,10 @@ def import_legacy_command(args: argparse.Namespace, settings: Settings) -> int:
     except LegacyError as exc:
         print(f"tlink-push import-legacy: {exc}; nothing was changed", file=sys.stderr)
         return 2
+    except ImportInterrupted as exc:
+        print(f"tlink-push import-legacy: {exc}; the events appended before it stay in the log: run the command"
+              " again to import the rest", file=sys.stderr)  # fmt: skip
+        return 1
     except LogLocked as exc:
         print(f"tlink-push import-legacy: {exc}; stop the service first", file=sys.stderr)
         return 1
