@@ -234,10 +234,12 @@ class Ingestor:
         body: dict[str, Any],
         readings: list[Reading] | None = None,
         request: dict[str, Any] | None = None,
+        source: dict[str, Any] | None = None,
     ) -> Appended:
-        """Store an event of another type (a failed sync, a backfill page) and project it; `readings`, when
-        given, are what the body carries, already read; `request` is what was asked to get `body`."""
-        event = self.store.new_event(type_, device_id, user_id, body, request)
+        """Store an event of another type (a failed sync, a backfill page, an imported row) and project it;
+        `readings`, when given, are what the body carries, already read; `request` is what was asked to get
+        `body`, `source` where an imported `body` was read."""
+        event = self.store.new_event(type_, device_id, user_id, body, request, source)
         known = None if readings is None else Parsed(readings)
         appended, projection = await append_and_project(self.store, self.projector, event, known)
         await projection

@@ -29,6 +29,7 @@ from service.config import Settings
 from service.http.server import run_server
 from service.jobs.backfill import BackfillReport
 from service.jobs.sync import SyncReport
+from service.legacy import IMPORTED_DIR, ImportInterrupted, ImportReport, LegacyError, describe_source, import_legacy
 
 
 class Progress:
@@ -419,8 +420,8 @@ def _coverage_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--day", type=_day, metavar="YYYY-MM-DD", help="the day, platform time (default: today)")
     _user_and_device(parser, "show")
     parser.epilog = (
-        "Prints, per sensor of each device, its cadence, the day's readings by origin (push, sync, backfill), the"
-        " gaps of the day (open: not yet asked of the vendor to the last page), the coverage ratio and the"
+        "Prints, per sensor of each device, its cadence, the day's readings by origin (push, sync, backfill,"
+        " legacy), the gaps of the day (open: not yet asked of the vendor to the last page), the coverage ratio and the"
         " backfill calls spent today. Without --user or TLINK_SYNC_USER_IDS, every device. Read-only: runs"
         " alongside the service."
     )
@@ -468,6 +469,65 @@ def _print_coverage(found: SensorCoverage, limit: int) -> None:
         )
 
 
+# ---------------------------------------------------------------- import-legacy
+
+
+def _import_legacy_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mysql", required=True, metavar="URL",
+        help="the original Flask service's database, mysql://user:password@host:port/name",
+    )  # fmt: skip
+    parser.add_argument(
+        "--logs", type=Path, metavar="DIR",
+        help="the original service's logs folder (default: SYNC_LOG_DIR, where it wrote them too)",
+    )  # fmt: skip
+    parser.epilog = (
+        "Appends each row of the old devices, sensors and sensor_readings tables and each line of the old"
+        f" per-device sync logs to the log as a `legacy` event; the old files are first moved, whole, to"
+        f" SYNC_LOG_DIR/{IMPORTED_DIR}/<deviceId>/, and each run writes its record there"
+        " (import-<time>.json). A second run imports nothing (what is imported is read from the log)."
+        " Run it with the service stopped: it refuses while a service holds the log root. Exit status 0 when"
+        " everything was imported, 1 when a row or line could not be placed (each one is printed and"
+        " recorded), 2 when the old database cannot be read (nothing is changed)."
+    )
+
+
+def import_legacy_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Import the original service's database rows and sync-log lines as `legacy` events."""
+    progress = Progress("import-legacy: events")
+    try:
+        report = asyncio.run(import_legacy(settings, args.mysql, args.logs, progress))
+    except LegacyError as exc:
+        print(f"tlink-push import-legacy: {exc}; nothing was changed", file=sys.stderr)
+        return 2
+    except ImportInterrupted as exc:
+        print(f"tlink-push import-legacy: {exc}; the events appended before it stay in the log: run the command"
+              " again to import the rest", file=sys.stderr)  # fmt: skip
+        return 1
+    except LogLocked as exc:
+        print(f"tlink-push import-legacy: {exc}; stop the service first", file=sys.stderr)
+        return 1
+    finally:
+        progress.done()
+    _print_import(report)
+    return 1 if report.problems else 0
+
+
+def _print_import(report: ImportReport) -> None:
+    for old, new in report.moved:
+        print(f"moved {old} to {new}")
+    for problem in report.problems:
+        print(f"not imported: {describe_source(problem)}: {problem['reason']}", file=sys.stderr)
+    print(f"{report.database}: {report.users} users")
+    for name, count in (*report.tables.items(), *report.files.items()):
+        what = "rows" if name in report.tables else "lines"
+        print(
+            f"{name}: {count.read} {what}, {count.imported} imported, {count.already} already imported,"
+            f" {count.not_imported} not imported"
+        )
+    print(f"imported {report.imported} legacy events; {len(report.problems)} not imported; record: {report.record}")
+
+
 # ---------------------------------------------------------------- the table
 
 
@@ -510,5 +570,10 @@ COMMANDS = {
     ),
     "coverage": Command(
         "print how complete each sensor's readings are on one day", coverage_command, _coverage_arguments
+    ),
+    "import-legacy": Command(
+        "import the original Flask service's MySQL readings and sync logs as legacy events (service stopped)",
+        import_legacy_command,
+        _import_legacy_arguments,
     ),
 }
