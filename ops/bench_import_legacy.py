@@ -30,13 +30,12 @@ from ops.bench_common import (
     DEFAULT_MYSQL_SERVER,
     PROJECT,
     _mysql_connect,
-    _mysql_url,
     bench_database,
     count_rows,
     save_results,
     table,
 )
-from projections.db import parse_database_url, split_statements
+from projections.db import mysql_url, parse_database_url, split_statements
 
 SCHEMA = PROJECT / "tests" / "fixtures" / "legacy_schema.sql"
 FIRST_DEVICE = 6001
@@ -83,7 +82,7 @@ def make_old_database(server: str, args: argparse.Namespace) -> tuple[str, str]:
         conn.commit()
     finally:
         conn.close()
-    return _mysql_url(url, name), name
+    return mysql_url(url, name), name
 
 
 def drop_database(server: str, name: str) -> None:
