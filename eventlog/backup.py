@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from eventlog.events import EventLogError, format_instant, line_hash, utc_now
-from eventlog.files import READ_CHUNK, fsync_dir, last_line_and_size
+from eventlog.files import READ_CHUNK, complete_end, fsync_dir, last_line_and_size, line_ending_at
 
 MANIFEST = "MANIFEST.json"
 PREVIOUS_MANIFEST = "MANIFEST.previous.json"
@@ -244,16 +244,16 @@ def _back_up_file(
         raise BackupError(f"{source}: cannot read it: {exc.strerror}") from None
     with handle:
         size = os.fstat(handle.fileno()).st_size
-        end = _complete_end(handle, size) if appended_to(relative) else size
+        end = complete_end(handle, size) if appended_to(relative) else size
         have = target.stat().st_size if before is not None and target.is_file() else -1
         if before is not None and have >= before.size:
-            if end == before.size and _line_ending_at(handle, end) == before.last_line_hash:
+            if end == before.size and _hash_of_line_ending_at(handle, end) == before.last_line_hash:
                 if have > before.size:  # bytes an interrupted backup added
                     os.truncate(target, before.size)
                 report.unchanged += 1
                 return before
             if appended_to(relative):
-                if end < before.size or _line_ending_at(handle, before.size) != before.last_line_hash:
+                if end < before.size or _hash_of_line_ending_at(handle, before.size) != before.last_line_hash:
                     raise BackupError(
                         f"{source}: the backup in {dest} holds {before.size} bytes of it ending in another line than"
                         f" the file has there ({end} bytes of complete lines now): the file changed behind the log;"
@@ -267,36 +267,10 @@ def _back_up_file(
     return _describe(target, relative)
 
 
-def _complete_end(handle: BinaryIO, size: int) -> int:
-    """The offset just past the last newline within the first `size` bytes (0 when there is none)."""
-    pos = size
-    while pos > 0:
-        step = min(READ_CHUNK // 16, pos)
-        pos -= step
-        handle.seek(pos)
-        stop = handle.read(step).rfind(b"\n")
-        if stop >= 0:
-            return pos + stop + 1
-    return 0
-
-
-def _line_ending_at(handle: BinaryIO, end: int) -> str | None:
-    """The hash of the line whose newline is the byte before `end` (None when `end` is 0 or no newline is there)."""
-    if end == 0:
-        return None
-    pos, tail = end - 1, b""
-    handle.seek(pos)
-    if handle.read(1) != b"\n":
-        return None
-    while pos > 0:
-        step = min(READ_CHUNK // 16, pos)
-        pos -= step
-        handle.seek(pos)
-        tail = handle.read(step) + tail
-        stop = tail.rfind(b"\n")
-        if stop >= 0:
-            return line_hash(tail[stop + 1 :])
-    return line_hash(tail)
+def _hash_of_line_ending_at(handle: BinaryIO, end: int) -> str | None:
+    """The hash of the line whose newline is the byte before `end` (None when there is none)."""
+    line = line_ending_at(handle, end)
+    return None if line is None else line_hash(line)
 
 
 def _copy(handle: BinaryIO, target: Path, start: int, end: int) -> int:

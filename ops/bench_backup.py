@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ops.bench_common import DEFAULT_MYSQL_SERVER, PROJECT, bench_database, machine_busy, save_results, table
-from ops.bench_replay import prepare_log, replay, run_tlink, tlink_env
+from ops.bench_replay import add_log_arguments, prepare_log, replay, run_tlink, tlink_env
 
 AUDIT = PROJECT / "ops" / "audit.py"
 
@@ -31,12 +31,7 @@ AUDIT = PROJECT / "ops" / "audit.py"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (the log options are bench_replay's)."""
     parser = argparse.ArgumentParser(prog="python -m ops.bench_backup", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--devices", type=int, default=1000, help="devices in the log (default 1000)")
-    parser.add_argument("--pushes", type=int, default=100, help="pushes per device (default 100)")
-    parser.add_argument("--sensors", type=int, default=6, help="readings per push (default 6)")
-    parser.add_argument("--interval", type=int, default=900, help="seconds between a device's pushes (default 900)")
-    parser.add_argument("--log-dir", type=Path, help="generate the log here and keep it; reused if it exists")
-    parser.add_argument("--regenerate", action="store_true", help="with --log-dir: write the log anew")
+    add_log_arguments(parser)
     parser.add_argument("--backends", default="sqlite,mysql", help="databases to replay into (default sqlite,mysql)")
     parser.add_argument("--mysql-server", default=DEFAULT_MYSQL_SERVER, help="where the fresh bench database goes")
     return parser.parse_args(argv)
