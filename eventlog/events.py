@@ -19,7 +19,8 @@ SYNC = "sync"
 SYNC_FAILED = "sync_failed"
 BACKFILL = "backfill"  # one answered page of the vendor's sensor history
 BACKFILL_FAILED = "backfill_failed"  # a history call the vendor refused or did not answer
-EVENT_TYPES = frozenset({PUSH, SYNC, SYNC_FAILED, BACKFILL, BACKFILL_FAILED})
+LEGACY = "legacy"  # a row or a log line of the original Flask service, imported (tlink-push import-legacy)
+EVENT_TYPES = frozenset({PUSH, SYNC, SYNC_FAILED, BACKFILL, BACKFILL_FAILED, LEGACY})
 
 
 class EventLogError(Exception):
@@ -36,6 +37,8 @@ class Event:
 
     `request`: what the service asked the vendor for to get `body` (a backfill's sensor,
     window and paging state); None for what the vendor sent by itself.
+    `source`: where an imported `body` was read (a legacy event's table and key, or file and
+    line); None for everything the service received itself.
     """
 
     id: str
@@ -45,6 +48,7 @@ class Event:
     user_id: int
     body: dict[str, Any]
     request: dict[str, Any] | None = None
+    source: dict[str, Any] | None = None
 
     @property
     def day(self) -> str:
@@ -123,7 +127,8 @@ def body_digest(body: dict[str, Any]) -> str:
 
 
 def encode_line(event: Event, prev: str) -> bytes:
-    """The event as one JSON line (without the newline), chained to `prev`; `request` only when there is one."""
+    """The event as one JSON line (without the newline), chained to `prev`; `request` and `source` only
+    when there is one."""
     doc = {
         "v": FORMAT_VERSION,
         "id": event.id,
@@ -136,6 +141,8 @@ def encode_line(event: Event, prev: str) -> bytes:
     }
     if event.request is not None:
         doc["request"] = event.request
+    if event.source is not None:
+        doc["source"] = event.source
     return orjson.dumps(doc)
 
 
@@ -151,6 +158,7 @@ def decode_line(line: bytes) -> tuple[Event, str]:
             user_id=_int(doc["userId"]),
             body=doc["body"],
             request=doc.get("request"),
+            source=doc.get("source"),
         )
         prev = doc["prev"]
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
@@ -159,6 +167,8 @@ def decode_line(line: bytes) -> tuple[Event, str]:
         raise BadLine("not a valid event line: body must be an object and prev a sha256")
     if event.request is not None and not isinstance(event.request, dict):
         raise BadLine("not a valid event line: request must be an object")
+    if event.source is not None and not isinstance(event.source, dict):
+        raise BadLine("not a valid event line: source must be an object")
     return event, prev
 
 

@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import BinaryIO, NamedTuple, Protocol
 
 from eventlog.events import EventLogError
 
@@ -151,18 +151,40 @@ def read_lines(path: Path, start: int = 0, line_no: int = 1, day: str = "") -> I
 def last_line_and_size(path: Path) -> tuple[bytes | None, int]:
     """The file's last complete line (without newline; None if it has none) and its size in bytes."""
     with open(path, "rb") as handle:
-        end = handle.seek(0, os.SEEK_END)
-        tail, pos = b"", end
-        while pos > 0:
-            step = min(READ_CHUNK // 16, pos)
-            pos -= step
-            handle.seek(pos)
-            tail = handle.read(step) + tail
-            stop = tail.rfind(b"\n")
-            if stop >= 0 and (start := tail.rfind(b"\n", 0, stop)) >= 0:
-                return tail[start + 1 : stop], end
+        size = handle.seek(0, os.SEEK_END)
+        return line_ending_at(handle, complete_end(handle, size)), size
+
+
+def complete_end(handle: BinaryIO, size: int) -> int:
+    """The offset just past the last newline within the first `size` bytes of an open file (0 when there is none)."""
+    pos = size
+    while pos > 0:
+        step = min(READ_CHUNK // 16, pos)
+        pos -= step
+        handle.seek(pos)
+        stop = handle.read(step).rfind(b"\n")
+        if stop >= 0:
+            return pos + stop + 1
+    return 0
+
+
+def line_ending_at(handle: BinaryIO, end: int) -> bytes | None:
+    """The line (without newline) whose newline is the byte before `end` of an open file (None when there is none)."""
+    if end == 0:
+        return None
+    pos, tail = end - 1, b""
+    handle.seek(pos)
+    if handle.read(1) != b"\n":
+        return None
+    while pos > 0:
+        step = min(READ_CHUNK // 16, pos)
+        pos -= step
+        handle.seek(pos)
+        tail = handle.read(step) + tail
         stop = tail.rfind(b"\n")
-        return (tail[:stop] if stop >= 0 else None), end
+        if stop >= 0:
+            return tail[stop + 1 :]
+    return tail
 
 
 def fsync_dir(path: Path) -> None:

@@ -44,7 +44,7 @@ def describe_line(raw: bytes) -> str:
         if text.lstrip().startswith(("{", "[")):
             return f"JSON that is cut short or malformed: {_preview(text)}"
         if "|" in text:
-            return f"{LEGACY_PIPE_LINE} (importing that history is not supported yet): {_preview(text)}"
+            return f"{LEGACY_PIPE_LINE} (tlink-push import-legacy imports it): {_preview(text)}"
         return f"text that is not JSON: {_preview(text)}"
     if not isinstance(doc, dict):
         return f"JSON that is not an object ({_json_kind(doc)}): {_preview(text)}"

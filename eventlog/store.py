@@ -250,7 +250,13 @@ class LogStore:
             self._lock_fd = None
 
     def new_event(
-        self, type_: str, device_id: int, user_id: int, body: dict[str, Any], request: dict[str, Any] | None = None
+        self,
+        type_: str,
+        device_id: int,
+        user_id: int,
+        body: dict[str, Any],
+        request: dict[str, Any] | None = None,
+        source: dict[str, Any] | None = None,
     ) -> Event:
         """An event stamped now; stamps never go backwards, so queue order is time order."""
         now = self._clock()
@@ -258,7 +264,7 @@ class LogStore:
             now = self._last_instant
         self._last_instant = now
         ms = int(now.timestamp() * 1000)
-        return Event(new_event_id(ms), type_, now, device_id, user_id, body, request)
+        return Event(new_event_id(ms), type_, now, device_id, user_id, body, request, source)
 
     async def append(self, event: Event) -> Appended:
         """Append one event; returns once its line is durable (LogUnavailable otherwise)."""

@@ -18,11 +18,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pymysql
-
 from eventlog.events import ZERO_HASH, Event, encode_line, line_hash
 from eventlog.files import log_path
-from projections.db import DatabaseUrl, parse_database_url
+from projections.db import DatabaseUrl, mysql_connect, mysql_url, parse_database_url
 
 PROJECT = Path(__file__).resolve().parent.parent
 RESULTS = PROJECT / "ops" / "results"
@@ -75,9 +73,7 @@ def free_port() -> int:
 
 
 def _mysql_connect(url: DatabaseUrl, database: str | None = None) -> Any:
-    return pymysql.connect(
-        host=url.host, port=url.port, user=url.user, password=url.password, database=database, autocommit=True
-    )
+    return mysql_connect(url, database, autocommit=True)
 
 
 @contextmanager
@@ -89,11 +85,6 @@ def _mysql_cursor(url: DatabaseUrl, database: str | None = None) -> Iterator[Any
             yield cur
     finally:
         conn.close()
-
-
-def _mysql_url(url: DatabaseUrl, database: str) -> str:
-    auth = url.user + (f":{url.password}" if url.password else "")
-    return f"mysql://{auth}@{url.host}:{url.port}/{database}"
 
 
 @contextmanager
@@ -109,7 +100,7 @@ def bench_database(database_url: str | None, mysql_server: str, sqlite_dir: Path
         admin = _mysql_connect(server)
         try:
             admin.cursor().execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-            yield _mysql_url(server, name)
+            yield mysql_url(server, name)
         finally:
             admin.cursor().execute(f"DROP DATABASE IF EXISTS {name}")
             admin.close()

@@ -52,15 +52,20 @@ START = datetime(2026, 1, 10, tzinfo=UTC)
 TABLES = ["events", "sensor_readings", "sensors", "devices", "log_blocks"]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line."""
-    parser = argparse.ArgumentParser(prog="python -m ops.bench_replay", description=__doc__.split("\n\n")[0])
+def add_log_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the generated benchmark log (shared with the benchmarks that reuse it)."""
     parser.add_argument("--devices", type=int, default=1000, help="devices in the log (default 1000)")
     parser.add_argument("--pushes", type=int, default=100, help="pushes per device (default 100)")
     parser.add_argument("--sensors", type=int, default=6, help="readings per push (default 6)")
     parser.add_argument("--interval", type=int, default=900, help="seconds between a device's pushes (default 900)")
     parser.add_argument("--log-dir", type=Path, help="generate the log here and keep it; reused if it exists")
     parser.add_argument("--regenerate", action="store_true", help="with --log-dir: write the log anew")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="python -m ops.bench_replay", description=__doc__.split("\n\n")[0])
+    add_log_arguments(parser)
     parser.add_argument("--skip-verify", action="store_true", help="do not run `tlink-push verify --no-db` first")
     parser.add_argument("--database-url", help="DATABASE_URL to replay into (used as is, not dropped)")
     parser.add_argument("--mysql-server", default=DEFAULT_MYSQL_SERVER, help="where the fresh bench database goes")

@@ -69,7 +69,7 @@ import pymysql
 
 from ops.bench_common import PROJECT, RESULTS, TLINK_PUSH, code_version, free_port, machine_facts, table
 from ops.private_mariadb import PrivateMariaDB, available
-from projections.db import DatabaseUrl, parse_database_url
+from projections.db import DatabaseUrl, mysql_connect, mysql_url, parse_database_url
 
 SAMPLE: dict[str, Any] = orjson.loads((PROJECT / "tests" / "fixtures" / "sample_push.json").read_bytes())
 DEFAULT_MYSQL_SERVER = "mysql://root@127.0.0.1:3306/test"  # the database part is not used
@@ -237,17 +237,15 @@ def mysql_database(server_url: str) -> Iterator[str]:
     server = parse_database_url(server_url)
     name = f"tlink_crash_{uuid.uuid4().hex[:10]}"
     _admin(server, f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-    auth = server.user + (f":{server.password}" if server.password else "")
     try:
-        yield f"mysql://{auth}@{server.host}:{server.port}/{name}"
+        yield mysql_url(server, name)
     finally:
         _admin(server, f"DROP DATABASE IF EXISTS {name}")
 
 
 def _admin(server: DatabaseUrl, statement: str) -> None:
     """Run one statement on a connection of its own to the server."""
-    admin = pymysql.connect(host=server.host, port=server.port, user=server.user, password=server.password,
-                            autocommit=True)  # fmt: skip
+    admin = mysql_connect(server, None, autocommit=True)
     try:
         admin.cursor().execute(statement)
     finally:
@@ -514,8 +512,7 @@ def read_database(database_url: str, workdir: Path) -> Projected:
         finally:
             conn.close()
     else:
-        mconn = pymysql.connect(host=url.host, port=url.port, user=url.user, password=url.password,
-                                database=url.database)  # fmt: skip
+        mconn = mysql_connect(url, url.database)
         try:
             with mconn.cursor() as cur:
                 cur.execute(events_sql)

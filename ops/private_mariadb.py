@@ -5,12 +5,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pymysql
 
 from ops.bench_common import free_port
-from projections.db import parse_database_url
+from projections.db import mysql_connect, parse_database_url
 
 MARIADBD = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
 INSTALL_DB = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db"
@@ -24,8 +26,7 @@ def available() -> bool:
 def query(url: str, sql: str) -> list[tuple[object, ...]]:
     """All rows of one statement, on a connection of its own to the MySQL/MariaDB database of the URL."""
     parsed = parse_database_url(url)
-    conn = pymysql.connect(host=parsed.host, port=parsed.port, user=parsed.user, password=parsed.password,
-                           database=parsed.database)  # fmt: skip
+    conn = mysql_connect(parsed, parsed.database)
     try:
         cur = conn.cursor()
         cur.execute(sql)
@@ -34,11 +35,27 @@ def query(url: str, sql: str) -> list[tuple[object, ...]]:
         conn.close()
 
 
-class PrivateMariaDB:
-    """mariadbd on its own port and data folder."""
+@dataclass(frozen=True)
+class ServerTls:
+    """The PEM files a server with TLS is started with: the CA its clients may check, its certificate and key."""
 
-    def __init__(self, folder: Path) -> None:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+class PrivateMariaDB:
+    """mariadbd on its own port and data folder; with `tls`, it offers TLS (and with
+    `require_secure_transport`, refuses connections without it); `options` go to mariadbd as they are."""
+
+    def __init__(
+        self, folder: Path, tls: ServerTls | None = None, require_secure_transport: bool = False,
+        options: Sequence[str] = (),
+    ) -> None:  # fmt: skip
         self.folder = folder
+        self.tls = tls
+        self.require_secure_transport = require_secure_transport
+        self.options = list(options)  # further mariadbd options, e.g. --sql-mode=...
         self.data = folder / "data"
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -54,17 +71,22 @@ class PrivateMariaDB:
 
     def start(self) -> None:
         """Start the server and wait until it answers; the database `tlink` exists afterwards."""
+        options = list(self.options)
+        if self.tls is not None:
+            options += [f"--ssl-ca={self.tls.ca}", f"--ssl-cert={self.tls.cert}", f"--ssl-key={self.tls.key}"]
+        if self.require_secure_transport:
+            options.append("--require-secure-transport=ON")
         with open(self.folder / "mysqld.err", "ab") as errors:
             self.process = subprocess.Popen(
                 [MARIADBD, "--no-defaults", f"--datadir={self.data}", f"--port={self.port}",
                  "--bind-address=127.0.0.1", f"--socket={self.folder / 'mysqld.sock'}",
                  f"--pid-file={self.folder / 'mysqld.pid'}", "--user=root", "--skip-log-bin",
-                 "--innodb-buffer-pool-size=32M"],
+                 "--innodb-buffer-pool-size=32M", *options],
                 stdout=subprocess.DEVNULL, stderr=errors,
             )  # fmt: skip
         deadline = time.monotonic() + 30
         while True:
-            try:
+            try:  # PyMySQL's default: TLS when the server offers it, as one requiring it needs
                 conn = pymysql.connect(host="127.0.0.1", port=self.port, user="root", connect_timeout=1)
                 conn.cursor().execute("CREATE DATABASE IF NOT EXISTS tlink")
                 conn.close()

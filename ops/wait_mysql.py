@@ -7,7 +7,7 @@ import time
 
 import pymysql
 
-from projections.db import parse_database_url
+from projections.db import mysql_connect, parse_database_url
 
 
 def wait(url: str, seconds: float) -> bool:
@@ -16,9 +16,7 @@ def wait(url: str, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while True:
         try:
-            pymysql.connect(
-                host=parsed.host, port=parsed.port, user=parsed.user, password=parsed.password, connect_timeout=2
-            ).close()
+            mysql_connect(parsed, None, connect_timeout=2).close()
             return True
         except pymysql.err.Error as exc:
             if time.monotonic() >= deadline:

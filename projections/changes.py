@@ -15,15 +15,18 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from eventlog.events import PUSH, SYNC, Event, body_digest, decode_line, line_hash
+from eventlog.events import LEGACY, PUSH, SYNC, Event, body_digest, decode_line, line_hash
 from eventlog.files import LogLine
 from projections.readings import (
+    LEGACY_DEVICES,
+    LEGACY_SENSORS,
     MAX_ID,
     InvalidBody,
     Parsed,
     Reading,
     flag_bool,
     integer_text,
+    parse_id,
     parse_platform_time,
     read_event,
 )
@@ -273,6 +276,8 @@ def _add_event(changes: Changes, spans: dict[tuple[int, str, int], list[Any]], p
             _put(changes.device_meta, event.device_id, _device_meta_row(event), merge_device_meta)
             for meta in _sensor_meta_rows(event):
                 _put(changes.sensor_meta, (meta.device_id, meta.sensor_id), meta, merge_sensor_meta)
+        elif event.type == LEGACY:
+            _add_legacy_row(changes, event)
         for reading in readings:
             _add_reading(changes, event, reading, None, None)
     block_no = (placed.line_no - 1) // BLOCK_LINES
@@ -353,6 +358,31 @@ def _sensor_meta_rows(event: Event) -> list[SensorMetaRow]:
             )
         )
     return rows
+
+
+def _add_legacy_row(changes: Changes, event: Event) -> None:
+    """An imported row of the old `devices` or `sensors` table: metadata as of its import, like a sync's
+    (the next sync replaces what it says)."""
+    table = (event.source or {}).get("table")
+    body = event.body
+    if table == LEGACY_DEVICES:
+        row = DeviceMetaRow(
+            device_id=event.device_id, tlink_user_id=event.user_id, event_id=event.id,
+            device_name=_short(body.get("device_name"), 255), device_no=_short(body.get("device_no"), 128),
+            group_id=_int_or_none(body.get("group_id")), lat=_short(body.get("lat"), 32) or None,
+            lng=_short(body.get("lng"), 32) or None, is_line=None, meta_updated_at=event.received_at,
+        )  # fmt: skip
+        _put(changes.device_meta, event.device_id, row, merge_device_meta)
+    elif table == LEGACY_SENSORS:
+        try:
+            sensor_id = parse_id(body.get("sensors_id"), "sensors_id")
+        except InvalidBody:
+            return
+        meta = SensorMetaRow(
+            sensor_id, event.device_id, None, _int_or_none(body.get("sensors_type_id")), _short(body.get("unit"), 64),
+            None, event.received_at,
+        )  # fmt: skip
+        _put(changes.sensor_meta, (meta.device_id, sensor_id), meta, merge_sensor_meta)
 
 
 def _int_or_none(value: Any) -> int | None:

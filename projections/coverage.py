@@ -13,7 +13,7 @@ from projections.gaps import Gap, find_gaps, reading_times, readings_by_origin
 from projections.history_calls import read_ledger
 from projections.views import SensorView
 
-ORIGINS = ("push", "sync", "backfill")
+ORIGINS = ("push", "sync", "backfill", "legacy")
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import quote as quote_url
 
 from pymysql.constants import CLIENT
 
@@ -38,40 +40,145 @@ class DatabaseMissing(DatabaseError):
     """A database opened with create=False does not exist (an SQLite file that is not there)."""
 
 
+SSL_MODES = ("DISABLED", "PREFERRED", "REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY")  # MySQL's client names
+_SSL_PARAMETERS = ("ssl-mode", "ssl-ca", "ssl-cert", "ssl-key")
+
+
 @dataclass(frozen=True, slots=True)
 class DatabaseUrl:
-    """A parsed DATABASE_URL."""
+    """A parsed DATABASE_URL, with the TLS settings of its query (`?ssl-mode=VERIFY_CA&ssl-ca=ca.pem`)."""
 
     kind: str  # "sqlite" or "mysql"
     path: Path | None = None
     host: str = "127.0.0.1"
     port: int = 3306
     user: str = "root"
-    password: str = ""
+    password: str = field(default="", repr=False)
     database: str = ""
+    ssl_mode: str = "DISABLED"  # one of SSL_MODES
+    ssl_ca: Path | None = None  # VERIFY_CA / VERIFY_IDENTITY: the CA to trust (default: the system's)
+    ssl_cert: Path | None = None  # a client certificate (and its key, in it or in ssl_key)
+    ssl_key: Path | None = None
+
+    @property
+    def tls_required(self) -> bool:
+        """A connection without TLS must be refused."""
+        return self.ssl_mode not in ("DISABLED", "PREFERRED")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of connections to this server; None for ssl-mode=DISABLED.
+
+        PREFERRED and REQUIRED encrypt without checking the certificate (as MySQL's client
+        does), VERIFY_CA checks it against ssl-ca, VERIFY_IDENTITY also checks the host name.
+        """
+        if self.ssl_mode == "DISABLED":
+            return None
+        verify = self.ssl_mode in ("VERIFY_CA", "VERIFY_IDENTITY")
+        context = ssl.create_default_context(cafile=str(self.ssl_ca) if verify and self.ssl_ca else None)
+        context.check_hostname = self.ssl_mode == "VERIFY_IDENTITY"
+        context.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
+        if self.ssl_cert is not None:
+            context.load_cert_chain(str(self.ssl_cert), str(self.ssl_key) if self.ssl_key else None)
+        return context
 
 
-def parse_database_url(url: str) -> DatabaseUrl:
-    """sqlite:///relative.db, sqlite:////abs.db, sqlite:///:memory:, mysql://u:p@h:port/db."""
+def parse_database_url(url: str, password: str | None = None) -> DatabaseUrl:
+    """sqlite:///relative.db, sqlite:////abs.db, sqlite:///:memory:, mysql://u:p@h:port/db?ssl-mode=...
+
+    `password` (DATABASE_PASSWORD), when given, replaces the URL's. Messages never quote the
+    URL, which may hold a password.
+    """
     if url.startswith("sqlite:///"):
         rest = url[len("sqlite:///") :]
         if not rest:
             raise ValueError("sqlite URL needs a file path, e.g. sqlite:///data/tlink.db")
         return DatabaseUrl(kind="sqlite", path=Path(rest))
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # its text may quote part of a password: not shown
+        raise ValueError(
+            "is not a valid URL: its port is not a number, or the password holds / ? # without percent-encoding"
+            " (percent-encode / ? # % @ in it, or set DATABASE_PASSWORD)"
+        ) from None
     if parts.scheme in ("mysql", "mysql+aiomysql", "mysql+pymysql", "mariadb"):
         database = parts.path.lstrip("/")
         if not database:
             raise ValueError("mysql URL needs a database name, e.g. mysql://user:pass@host:3306/tlink")
+        if "/" in database:
+            raise ValueError(
+                "mysql URL has a / after the database name; percent-encode / ? # % @ in the password"
+                " (or set DATABASE_PASSWORD)"
+            )
         return DatabaseUrl(
             kind="mysql",
             host=parts.hostname or "127.0.0.1",
-            port=parts.port or 3306,
+            port=port or 3306,
             user=unquote(parts.username or "root"),
-            password=unquote(parts.password or ""),
+            password=unquote(parts.password or "") if password is None else password,
             database=unquote(database),
+            **_ssl_options(parts.query),
         )
     raise ValueError(f"unknown database URL scheme {parts.scheme or url!r} (use sqlite:/// or mysql://)")
+
+
+def _ssl_options(query: str) -> dict[str, Any]:
+    """The TLS fields of a mysql URL's query string, checked (files exist, mode and files agree)."""
+    values: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in _SSL_PARAMETERS:
+            raise ValueError(f"unknown mysql URL parameter {name!r} (known: {', '.join(_SSL_PARAMETERS)})")
+        if name in values:
+            raise ValueError(f"mysql URL parameter {name} is given twice")
+        values[name] = value
+    mode = values.get("ssl-mode", "DISABLED").upper()
+    if mode not in SSL_MODES:
+        raise ValueError(f"ssl-mode={values['ssl-mode']!r} is not one of {', '.join(SSL_MODES)}")
+    files: dict[str, Path] = {}
+    for name in ("ssl-ca", "ssl-cert", "ssl-key"):
+        if name in values:
+            path = Path(values[name])
+            if not path.is_file():
+                raise ValueError(f"{name}: no file at {path}")
+            files[name] = path
+    if "ssl-ca" in files and mode not in ("VERIFY_CA", "VERIFY_IDENTITY"):
+        raise ValueError(f"ssl-ca is only used with ssl-mode=VERIFY_CA or VERIFY_IDENTITY, not {mode}")
+    if ("ssl-cert" in files or "ssl-key" in files) and mode in ("DISABLED", "PREFERRED"):
+        raise ValueError(f"ssl-cert and ssl-key need ssl-mode=REQUIRED, VERIFY_CA or VERIFY_IDENTITY, not {mode}")
+    if "ssl-key" in files and "ssl-cert" not in files:
+        raise ValueError("ssl-key needs ssl-cert (the client certificate it belongs to)")
+    options: dict[str, Any] = {"ssl_mode": mode, "ssl_ca": files.get("ssl-ca"), "ssl_cert": files.get("ssl-cert"),
+               "ssl_key": files.get("ssl-key")}  # fmt: skip
+    try:
+        DatabaseUrl(kind="mysql", **options).ssl_context()  # a CA or key file that is not PEM fails here, at start
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"the TLS files of the mysql URL cannot be used: {exc}") from None
+    return options
+
+
+def mysql_url(url: DatabaseUrl, database: str) -> str:
+    """The DATABASE_URL of another database on the same server, as the same user and with the same TLS."""
+    auth = quote_url(url.user, safe="") + (":" + quote_url(url.password, safe="") if url.password else "")
+    tls = {"ssl-mode": url.ssl_mode if url.ssl_mode != "DISABLED" else None, "ssl-ca": url.ssl_ca,
+           "ssl-cert": url.ssl_cert, "ssl-key": url.ssl_key}  # fmt: skip
+    query = urlencode({name: str(value) for name, value in tls.items() if value is not None})
+    return f"mysql://{auth}@{url.host}:{url.port}/{quote_url(database, safe='')}" + (f"?{query}" if query else "")
+
+
+def mysql_connect(url: DatabaseUrl, database: str | None, **options: Any) -> Any:
+    """A PyMySQL connection to the server of `url` (its user, password and TLS), to `database` or none."""
+    import pymysql
+
+    context = url.ssl_context()
+    if context is None:
+        tls: dict[str, Any] = {"ssl_disabled": True}
+    elif url.tls_required:
+        tls = {"ssl": context}  # PyMySQL refuses a server that offers no TLS
+    else:
+        tls = {}  # PREFERRED is PyMySQL's own default: TLS when the server offers it, unchecked
+    return pymysql.connect(
+        host=url.host, port=url.port, user=url.user, password=url.password, database=database, **tls, **options
+    )
 
 
 class Cursor(ABC):
@@ -240,17 +347,26 @@ class SqliteDatabase(Database):
 
 # ---------------------------------------------------------------- MySQL / MariaDB
 
-# Client-side codes for a server that went away or cannot be reached.
-_UNAVAILABLE_CODES = {1040, 1053, 2002, 2003, 2005, 2006, 2013, 2014, 2055}
+# Client-side codes for a server that went away or cannot be reached; 2026 is a failed TLS
+# handshake, 3159 MySQL's refusal of a plain connection when it requires TLS.
+_UNAVAILABLE_CODES = {1040, 1053, 2002, 2003, 2005, 2006, 2013, 2014, 2026, 2055, 3159}
+_ACCESS_DENIED = 1045  # also MariaDB's answer to a plain connection when it requires TLS
 
 
-def _translate_mysql(exc: BaseException) -> DatabaseError:
+def _translate_mysql(exc: BaseException, url: DatabaseUrl | None = None) -> DatabaseError:
     import pymysql
+
+    if url is not None and url.ssl_mode == "DISABLED" and isinstance(exc, pymysql.err.OperationalError):
+        if exc.args and exc.args[0] == _ACCESS_DENIED:
+            return DatabaseError(f"mysql: {exc}; if the server requires TLS, set ssl-mode in DATABASE_URL")
 
     if isinstance(exc, pymysql.err.OperationalError | pymysql.err.InterfaceError):
         code = exc.args[0] if exc.args else None
         if code in _UNAVAILABLE_CODES or isinstance(exc, pymysql.err.InterfaceError):
-            return DatabaseUnavailable(f"mysql unavailable: {exc}")
+            # aiomysql's "Can't connect" hides why (a refused connection, a certificate that fails
+            # its check): the cause says it.
+            cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+            return DatabaseUnavailable(f"mysql unavailable: {exc}{cause}")
     if isinstance(exc, OSError | asyncio.TimeoutError | ConnectionError):
         return DatabaseUnavailable(f"mysql unavailable: {exc}")
     return DatabaseError(f"mysql: {exc}")
@@ -377,6 +493,12 @@ def transaction_text(statements: Sequence[str], compound: bool) -> str:
     return ";\n".join(["BEGIN", *statements])
 
 
+def is_mariadb(server_version: str) -> bool:
+    """A server version string is MariaDB's (`10.11.19-MariaDB-0+deb12u1`, `5.5.5-10.6.4-MariaDB`), not
+    MySQL's (`8.0.36`, `8.4.3`): only MariaDB runs anonymous compound statements."""
+    return "mariadb" in server_version.lower()
+
+
 class _MysqlCursor(Cursor):
     def __init__(self, cursor: Any) -> None:
         self._cursor = cursor
@@ -442,11 +564,12 @@ class MysqlDatabase(Database):
                 pool_recycle=3600,
                 connect_timeout=self._connect_timeout,
                 charset="utf8mb4",
+                ssl=self.url.ssl_context(),
                 cursorclass=QuietCursor,
                 client_flag=CLIENT.MULTI_STATEMENTS,
             )
         except Exception as exc:
-            raise _translate_mysql(exc) from exc
+            raise _translate_mysql(exc, self.url) from exc
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Cursor]:
@@ -467,9 +590,10 @@ class MysqlDatabase(Database):
         try:
             conn = await pool.acquire()
         except Exception as exc:
-            raise _translate_mysql(exc) from exc
+            raise _translate_mysql(exc, self.url) from exc
         healthy = False
         try:
+            self._check_tls(conn)
             yield conn
             healthy = True
         except Exception as exc:
@@ -510,10 +634,23 @@ class MysqlDatabase(Database):
                 if before_commit is not None:
                     await cursor.execute("COMMIT")
 
+    def _check_tls(self, conn: Any) -> None:
+        """With ssl-mode REQUIRED or stronger, a server that offers no TLS is refused.
+
+        aiomysql, given a TLS context, falls back to a plain connection when the server
+        offers none; it has then authenticated (with a scrambled password, never the
+        password itself), and the connection is closed before any statement.
+        """
+        if self.url.tls_required and not conn.server_capabilities & CLIENT.SSL:
+            raise DatabaseUnavailable(
+                f"mysql unavailable: the server at {self.url.host}:{self.url.port} offers no TLS,"
+                f" and DATABASE_URL says ssl-mode={self.url.ssl_mode}"
+            )
+
     def compound_statements(self, conn: Any) -> bool:
         """Does the server run anonymous compound statements (MariaDB's `BEGIN NOT ATOMIC`)?"""
         if self.compound is None:
-            self.compound = "mariadb" in str(conn.get_server_info()).lower()
+            self.compound = is_mariadb(str(conn.get_server_info()))
         return self.compound
 
     async def close(self) -> None:
@@ -523,13 +660,13 @@ class MysqlDatabase(Database):
             self._pool = None
 
 
-async def connect(url: str, create: bool = True, **kwargs: Any) -> Database:
-    """A Database for a DATABASE_URL (not yet connected: the first use connects).
+async def connect(url: str | DatabaseUrl, create: bool = True, **kwargs: Any) -> Database:
+    """A Database for a DATABASE_URL, as text or parsed (not yet connected: the first use connects).
 
     `create=False` never creates a database: an SQLite file that does not exist raises
     DatabaseMissing on first use (a MySQL database is never created either way).
     """
-    parsed = parse_database_url(url)
+    parsed = parse_database_url(url) if isinstance(url, str) else url
     if parsed.kind == "sqlite":
         assert parsed.path is not None
         return SqliteDatabase(parsed.path, create=create)

@@ -26,7 +26,7 @@ from typing import IO, Any, Protocol
 
 import orjson
 
-from eventlog.events import BACKFILL, PUSH, SYNC
+from eventlog.events import BACKFILL, LEGACY, PUSH, SYNC
 from eventlog.files import LogEnd, LogView, device_days, log_path
 from projections.db import Database, Row
 from projections.readings import (
@@ -34,6 +34,7 @@ from projections.readings import (
     Reading,
     backfill_readings,
     cached_reading_time,
+    legacy_readings,
     parse_id,
     parse_platform_time,
     push_reading,
@@ -329,8 +330,13 @@ def _scan_line(topk: _TopK, point: LogPoint, raw: bytes) -> None:
         kind, body = doc["type"], doc["body"]
         if kind == PUSH:
             _scan_push(topk, point, body)
-        elif kind in (SYNC, BACKFILL):
-            found = sync_readings(body) if kind == SYNC else backfill_readings(body, doc.get("request"))
+        elif kind in (SYNC, BACKFILL, LEGACY):
+            if kind == SYNC:
+                found = sync_readings(body)
+            elif kind == BACKFILL:
+                found = backfill_readings(body, doc.get("request"))
+            else:
+                found = legacy_readings(doc["deviceId"], body, doc.get("source"))
             for reading in found:
                 if topk.wants(reading.sensor_id, reading.recorded_at):
                     topk.offer(point, reading)

@@ -1,4 +1,4 @@
-"""What a push body or a synced device object says: ids and sensor readings.
+"""What a push body, a synced device object, a history page or an imported legacy row says: ids and readings.
 
 Push bodies are checked here (`parse_push`) before they are logged, so every logged
 push can be read back without errors and every value it gives a read-model column fits
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any, NamedTuple
 
-from eventlog.events import BACKFILL, PUSH, SYNC, Event, EventLogError
+from eventlog.events import BACKFILL, LEGACY, PUSH, SYNC, Event, EventLogError
 
 # ---------------------------------------------------------------- limits
 # What a push may carry into the read models. parse_push checks every value that reaches
@@ -377,6 +377,79 @@ def backfill_readings(body: dict[str, Any], request: dict[str, Any] | None) -> l
     return readings
 
 
+# ---------------------------------------------------------------- the original Flask service
+# What `legacy` events carry (tlink-push import-legacy, docs/event-log.md): a row of the old
+# MySQL database (`source`: {"table", "key"}) or a line of its sync logs (`source`: {"file", "line"}).
+
+LEGACY_DEVICES = "devices"  # a row: a device's metadata and owner (the old TLINK deviceId is `device_id`)
+LEGACY_SENSORS = "sensors"  # a row: a sensor's type and unit (its TLINK sensorsId is `sensors_id`)
+LEGACY_READINGS = "sensor_readings"  # a row: one reading; its sensor's TLINK id is the source's `sensorsId`
+
+
+def legacy_row_reading(body: dict[str, Any], source: dict[str, Any]) -> Reading:
+    """The reading of an old `sensor_readings` row: reading time `recorded_at`, `value`, `re_val`,
+    `sensor_timestamp`, `is_alarm`, `is_line`; InvalidBody when it cannot be placed."""
+    sensor_id = parse_id(source.get("sensorsId"), "the sensor's sensors_id")
+    moment = parse_platform_time(_legacy_time_text(body.get("recorded_at")), "recorded_at")
+    return Reading(
+        sensor_id, moment, _text(body.get("sensor_timestamp")), _cut(body.get("value"), MAX_VALUE_CHARS),
+        _cut(body.get("re_val"), MAX_VALUE_CHARS), flag_bool(body.get("is_alarm")), flag_bool(body.get("is_line")),
+    )  # fmt: skip
+
+
+def _legacy_time_text(value: Any) -> Any:
+    """A DATETIME of the old database as text, without fractional seconds ('YYYY-MM-DD HH:MM:SS')."""
+    if isinstance(value, str) and len(value) > 19 and value[19] == ".":
+        return value[:19]
+    return value
+
+
+def legacy_line_readings(text: str, device_id: int) -> list[Reading]:
+    """The readings of one line of the old sync log, `TIME | device=ID | sensors=N | SENSOR:VALUE | ...`.
+
+    Fields are separated by `|` (blanks around them ignored): the first is the sync's time
+    ('YYYY-MM-DD HH:MM:SS', every reading's time), `key=value` fields say of the line
+    (`device` must be `device_id`, `sensors` the count of readings), and each `SENSOR:VALUE`
+    is one reading. InvalidBody names what does not fit.
+    """
+    fields = [field.strip() for field in text.split("|")]
+    moment = parse_platform_time(fields[0], "the line's first field (its time)")
+    readings, declared = [], None
+    for field in fields[1:]:
+        key, equals, said = field.partition("=")
+        if equals:
+            if key.strip() == "device" and integer_text(said.strip()) != device_id:
+                raise InvalidBody(f"the line says device={said.strip()}, but it is in the log of device {device_id}")
+            if key.strip() == "sensors":
+                declared = integer_text(said.strip())
+            continue
+        sensor, colon, value = field.partition(":")
+        sensor_id = integer_text(sensor.strip()) if colon else None
+        if not sensor_id or sensor_id > MAX_ID:
+            raise InvalidBody(f"field {_shown(field)} is neither key=value nor SENSOR:VALUE")
+        readings.append(Reading(sensor_id, moment, fields[0], value.strip()[:MAX_VALUE_CHARS], None, None, None))
+    if not readings:
+        raise InvalidBody("the line has no SENSOR:VALUE field")
+    if declared is not None and declared != len(readings):
+        raise InvalidBody(f"the line says sensors={declared} but has {len(readings)} SENSOR:VALUE fields")
+    return readings
+
+
+def legacy_readings(device_id: int, body: dict[str, Any], source: dict[str, Any] | None) -> list[Reading]:
+    """Readings of a `legacy` event (a reading row or a log line; none for other rows), read leniently:
+    what cannot be placed gives no reading (the importer reports such rows and lines and never logs them)."""
+    source = source or {}
+    try:
+        if "file" in source:
+            line = body.get("line")
+            return legacy_line_readings(line, device_id) if isinstance(line, str) else []
+        if source.get("table") == LEGACY_READINGS:
+            return [legacy_row_reading(body, source)]
+    except InvalidBody:
+        pass
+    return []
+
+
 def _cut(value: Any, limit: int) -> str | None:
     """Lenient text: cut to `limit` characters."""
     return None if value is None else str(value)[:limit]
@@ -407,6 +480,8 @@ def read_event(event: Event) -> Parsed:
         return Parsed(sync_readings(event.body))
     if event.type == BACKFILL:
         return Parsed(backfill_readings(event.body, event.request))
+    if event.type == LEGACY:
+        return Parsed(legacy_readings(event.device_id, event.body, event.source))
     return Parsed([])
 
 

@@ -21,7 +21,7 @@ from eventlog.files import LogFiles
 from eventlog.recovery import Repair, repair_all
 from eventlog.store import lock_root
 from eventlog.verify import RecordedFile
-from projections.db import Database, connect
+from projections.db import Database, DatabaseUrl, connect
 from projections.log_lines import DeviceStop
 from projections.projector import Projector
 from projections.schema import SCHEMA_VERSION, apply_schema, stored_version
@@ -40,7 +40,7 @@ class ReplayReport:
 
 
 async def replay_logs(
-    db: Database, root: Path, progress: Counter | None = None, url: str | None = None, workers: int = 1
+    db: Database, root: Path, progress: Counter | None = None, url: str | DatabaseUrl | None = None, workers: int = 1
 ) -> ReplayReport:
     """Drop every table, recreate them, and apply the whole log.
 
@@ -49,7 +49,7 @@ async def replay_logs(
 
     `progress(total)` hears the running count of events applied.
 
-    With `workers` > 1 (and the database `url`), that many processes each apply the
+    With `workers` > 1 (and the database `url`, text or parsed), that many processes each apply the
     logs of a share of the devices: a device's events stay in order within one process,
     and the processes' Python work runs on separate cores.
     """
@@ -64,7 +64,9 @@ async def replay_logs(
         os.close(lock)
 
 
-async def _apply(db: Database, root: Path, progress: Counter | None, url: str | None, workers: int) -> ReplayReport:
+async def _apply(
+    db: Database, root: Path, progress: Counter | None, url: str | DatabaseUrl | None, workers: int
+) -> ReplayReport:
     if workers > 1 and url is not None:
         return await asyncio.get_running_loop().run_in_executor(None, _apply_in_processes, url, root, workers, progress)
     total = 0
@@ -102,7 +104,7 @@ class _ShareOfFiles(LogFiles):
         return [d for d in super().devices() if d % self.shares == self.share]
 
 
-def _apply_in_processes(url: str, root: Path, workers: int, progress: Counter | None) -> ReplayReport:
+def _apply_in_processes(url: str | DatabaseUrl, root: Path, workers: int, progress: Counter | None) -> ReplayReport:
     context = multiprocessing.get_context("spawn")
     applied = context.Value("q", 0)
     stops_dir = Path(tempfile.mkdtemp(prefix="tlink-replay-"))
@@ -128,7 +130,9 @@ def _apply_in_processes(url: str, root: Path, workers: int, progress: Counter | 
     return ReplayReport(int(applied.value), sorted(stopped, key=lambda stop: stop.device_id))
 
 
-def _apply_share_process(url: str, root: str, share: int, shares: int, applied: Any, stops_dir: str) -> None:
+def _apply_share_process(
+    url: str | DatabaseUrl, root: str, share: int, shares: int, applied: Any, stops_dir: str
+) -> None:
     def count(events: int) -> None:
         with applied.get_lock():
             applied.value += events

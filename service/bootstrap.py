@@ -61,7 +61,7 @@ class Services:
 @asynccontextmanager
 async def open_database(settings: Settings, *, create: bool = True) -> AsyncIterator[Database]:
     """The database of DATABASE_URL (with `create`, made if missing), closed afterwards."""
-    db = await connect(settings.DATABASE_URL, create=create, maxsize=settings.DB_POOL_SIZE)
+    db = await connect(settings.database, create=create, maxsize=settings.DB_POOL_SIZE)
     try:
         yield db
     finally:

@@ -13,11 +13,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from projections.db import parse_database_url
+from projections.db import DatabaseUrl, parse_database_url
 
 SECRET_SETTINGS = frozenset(
     {"SECRET_KEY", "PUSH_WEBHOOK_SECRET", "WEBHOOK_TOKEN", "API_KEYS", "TLINK_OAUTH_CLIENT_SECRET",
-     "TLINK_OAUTH_PASSWORD", "DATABASE_URL", "BUS_URL"}
+     "TLINK_OAUTH_PASSWORD", "DATABASE_URL", "DATABASE_PASSWORD", "BUS_URL"}
 )  # fmt: skip
 
 
@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     )
 
     DATABASE_URL: str = "sqlite:///data/tlink.db"
+    DATABASE_PASSWORD: str = ""  # a mysql URL's password, in place of the URL's (no escaping needed)
     AUTO_APPLY_SCHEMA: bool = True
     DB_POOL_SIZE: int = Field(10, ge=1, le=200)
     SECRET_KEY: str = ""
@@ -177,6 +178,11 @@ class Settings(BaseSettings):
     def _zone(cls, value: str) -> str:
         zone_of(value)
         return value
+
+    @property
+    def database(self) -> DatabaseUrl:
+        """DATABASE_URL parsed, with DATABASE_PASSWORD (when set) as its password."""
+        return parse_database_url(self.DATABASE_URL, password=self.DATABASE_PASSWORD or None)
 
     @property
     def platform_zone(self) -> tzinfo:

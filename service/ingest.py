@@ -297,11 +297,13 @@ class Ingestor:
         body: dict[str, Any],
         readings: list[Reading] | None = None,
         request: dict[str, Any] | None = None,
+        source: dict[str, Any] | None = None,
     ) -> Appended | None:
-        """Store an event of another type (a failed sync, a backfill page) and project it; `readings`, when
-        given, are what the body carries, already read; `request` is what was asked to get `body`.
-        Where it landed; None in cluster mode, where it is published (and written by the device's node)."""
-        event = self.store.new_event(type_, device_id, user_id, body, request)
+        """Store an event of another type (a failed sync, a backfill page, an imported row) and project it;
+        `readings`, when given, are what the body carries, already read; `request` is what was asked to get
+        `body`, `source` where an imported `body` was read. Where it landed; None in cluster mode, where it
+        is published (and written by the device's node)."""
+        event = self.store.new_event(type_, device_id, user_id, body, request, source)
         if self.bus is not None:
             await self.bus.publish(event, event.id)
             return None

@@ -2,8 +2,9 @@
 
 Nothing below `service` imports prometheus_client: the log store reports through its
 `on_flush` hook, and the projector, the log store's repairs and the jobs' stats are
-read when Prometheus scrapes, by a custom collector. The webhook's pushes are counted
-by service.http.middleware.metrics.
+read when Prometheus scrapes, by a custom collector. Every HTTP request is counted once,
+by service.http.middleware.metrics: a webhook push by its outcome (`tlink_webhook_*`),
+any other request by its route template, method and status class (`tlink_http_*`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,14 @@ FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 SYNC_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 PER_SYNC_BUCKETS = (0, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+# A read answer: a latest-values lookup takes about a millisecond, a 90-day device list up to seconds.
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+# The route label of a request no route matched (404, 405, CORS preflights), whatever its path,
+# and the method label of such a request whose method is not a standard one: a scanner adds no series.
+UNMATCHED = "unmatched"
+OTHER_METHOD = "other"
+_STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 
 def service_version() -> str:
@@ -91,6 +100,14 @@ class Metrics:
             "Authenticated push bodies that failed validation and were kept in rejected/.",
             registry=r,
         )
+        self.http_requests = Counter(
+            "tlink_http_requests", "HTTP requests answered, webhook pushes excepted, by route template, method and"
+            " status class.", ["route", "method", "status"], registry=r,
+        )  # fmt: skip
+        self.http_seconds = Histogram(
+            "tlink_http_request_duration_seconds", "Time to answer one HTTP request, webhook pushes and live streams"
+            " excepted, by route template and method.", ["route", "method"], buckets=HTTP_BUCKETS, registry=r,
+        )  # fmt: skip
         self.log_lines = Counter("tlink_log_appended_lines", "Event lines appended to the log files.", registry=r)
         self.log_bytes = Counter("tlink_log_appended_bytes", "Bytes appended to the log files.", registry=r)
         self.fsync_seconds = Histogram(
@@ -146,6 +163,17 @@ class Metrics:
         self.readings_stored.inc(stored_readings)
         if dead_lettered:
             self.dead_lettered.inc()
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float | None) -> None:
+        """Count one answered request other than a webhook push; `seconds` None leaves it out of the timings."""
+        self.http_requests.labels(route, method, status_class(status)).inc()
+        if seconds is not None:
+            self.http_seconds.labels(route, method).observe(seconds)
+
+
+def status_class(status: int) -> str:
+    """The status label of an answer: `2xx`, `4xx`, ..."""
+    return _STATUS_CLASSES.get(status // 100, "5xx")
 
 
 def outcome_of_status(status: int) -> str:
@@ -285,6 +313,11 @@ class StateCollector(Collector):
             value=stats.token_refreshes,
         )  # fmt: skip
         yield GaugeMetricFamily("tlink_sync_running", "1 while a sync run is in progress.", value=int(stats.running))
+        if stats.interval_seconds is not None:
+            yield GaugeMetricFamily(
+                "tlink_sync_interval_seconds", "TLINK_SYNC_INTERVAL_SECONDS; absent while the sync is not scheduled.",
+                value=stats.interval_seconds,
+            )  # fmt: skip
         if stats.last_finished_at is not None:
             yield GaugeMetricFamily(
                 "tlink_sync_last_run_timestamp_seconds", "Unix time the last sync run finished.",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -12,17 +13,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pymysql
 import pytest
 from aiohttp.test_utils import TestClient
 
 from ops.private_mariadb import PrivateMariaDB
-from projections.db import parse_database_url
+from projections.db import mysql_connect, mysql_url, parse_database_url
 from service.config import Settings, load_settings
 from service.http.app import create_app
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MYSQL_URL = os.environ.get("TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+# ops/test unpacks Debian's prometheus package into the venv for promtool (the server is not installed).
+VENV_PROMTOOL = Path(sys.prefix) / "tools" / "usr" / "bin" / "promtool"
 
 
 class Clock:
@@ -40,9 +42,23 @@ def fixture_bytes(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 
 
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """promtool: the venv's (see ops/test) or one on PATH; missing, a failure in CI and a skip elsewhere."""
+    found = str(VENV_PROMTOOL) if VENV_PROMTOOL.is_file() else shutil.which("promtool")
+    if found is None:
+        message = (
+            "promtool is missing: ./ops/test unpacks it from Debian's prometheus package into .venv/tools/"
+            " (apt-get download prometheus, then dpkg-deb -x)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
 def _mysql_admin() -> Any:
-    url = parse_database_url(MYSQL_URL)
-    return pymysql.connect(host=url.host, port=url.port, user=url.user, password=url.password, autocommit=True)
+    return mysql_connect(parse_database_url(MYSQL_URL), None, autocommit=True)
 
 
 def mysql_database_url() -> Iterator[str]:
@@ -52,8 +68,7 @@ def mysql_database_url() -> Iterator[str]:
     admin = _mysql_admin()
     try:
         admin.cursor().execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-        auth = url.user + (f":{url.password}" if url.password else "")
-        yield f"mysql://{auth}@{url.host}:{url.port}/{name}"
+        yield mysql_url(url, name)
     finally:
         admin.cursor().execute(f"DROP DATABASE IF EXISTS {name}")
         admin.close()

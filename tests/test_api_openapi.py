@@ -6,6 +6,8 @@ see is checked against the document.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata
 import re
 from functools import cache
 from typing import Any
@@ -111,3 +113,65 @@ async def test_webhook_answers_validate(app_client):
 async def test_simple_answers_validate(app_client, url):
     client = await app_client()
     await api_get(client, url)
+
+
+def test_info_version_is_the_packages_and_servers_are_relative():
+    doc = document()
+    assert doc["info"]["version"] == importlib.metadata.version("tlink-push")
+    assert [server["url"] for server in doc["servers"]] == ["/"]
+
+
+def test_every_operation_has_a_stable_unique_operation_id():
+    ids = {
+        (method, path): operation["operationId"]
+        for path, operations in document()["paths"].items()
+        for method, operation in operations.items()
+    }
+    assert len(set(ids.values())) == len(ids)
+    assert ids == {
+        ("get", "/api/users/{userId}/devices"): "listDevices",
+        ("get", "/api/users/{userId}/devices/{deviceId}/latest"): "latest",
+        ("get", "/api/users/{userId}/devices/{deviceId}/history"): "history",
+        ("get", "/api/users/{userId}/devices/{deviceId}/events"): "events",
+        ("get", "/api/users/{userId}/devices/{deviceId}/coverage"): "coverage",
+        ("get", "/api/users/{userId}/stream"): "stream",
+        ("get", "/api/reference/device-apis"): "deviceApis",
+        ("get", "/api/openapi.json"): "openapiDocument",
+        ("get", "/api/health"): "health",
+        ("get", "/api/ready"): "ready",
+        ("post", "/api/webhooks/tlink"): "receivePush",
+        ("get", "/metrics"): "metricsPage",
+        ("get", "/dashboard"): "dashboard",
+        ("get", "/api/docs"): "apiDocs",
+        ("get", "/static/{name}"): "staticFile",
+    }
+
+
+def test_a_document_with_two_operations_of_one_id_is_refused():
+    twin = dataclasses.replace(OPERATIONS[1], operation_id=OPERATIONS[0].operation_id)
+    with pytest.raises(ValueError, match="operationId of its own"):
+        build_document(load_settings(API_KEYS=[]), [OPERATIONS[0], twin])
+
+
+@pytest.mark.parametrize(
+    ("accept", "media"),
+    [
+        (None, "application/vnd.oai.openapi+json"),
+        ("*/*", "application/vnd.oai.openapi+json"),
+        ("application/vnd.oai.openapi+json", "application/vnd.oai.openapi+json"),
+        ("application/json", "application/json"),
+        ("application/json, */*;q=0.1", "application/json"),
+        ("application/vnd.oai.openapi+json, application/json;q=0.9", "application/vnd.oai.openapi+json"),
+    ],
+)
+async def test_the_document_is_served_as_the_openapi_media_type_or_as_json(app_client, accept, media):
+    client = await app_client()
+    resp = await client.get("/api/openapi.json", headers={"Accept": accept} if accept else {})
+    assert resp.status == 200 and resp.content_type == media
+    assert resp.headers["Vary"] == "Accept" or "Accept" in resp.headers.getall("Vary")
+    if media != "application/json":
+        assert resp.headers["Content-Type"] == "application/vnd.oai.openapi+json; version=3.1"
+    doc = await resp.json(content_type=None)
+    assert doc["openapi"] == "3.1.0" and set(doc["paths"]) == set(document()["paths"])
+    served = doc["paths"]["/api/openapi.json"]["get"]["responses"]["200"]["content"]
+    assert {"application/json", "application/vnd.oai.openapi+json"} <= set(served)

@@ -102,7 +102,7 @@ async def test_an_hour_of_dropped_pushes_comes_back_once_and_is_not_asked_again(
     assert before["gaps"] == [{"start": (T0 + HOUR - timedelta(minutes=1, seconds=-1)).isoformat() + "+08:00",
                                "end": (T0 + 2 * HOUR - timedelta(seconds=1)).isoformat() + "+08:00", "missing": 60,
                                "askedVendor": False}]  # fmt: skip
-    assert before["readings"] == {"push": 181, "sync": 0, "backfill": 0}
+    assert before["readings"] == {"push": 181, "sync": 0, "backfill": 0, "legacy": 0}
 
     report = await client.server.app[SERVICES].backfill.run()
 
@@ -111,7 +111,7 @@ async def test_an_hour_of_dropped_pushes_comes_back_once_and_is_not_asked_again(
     assert await history(client, 11) == expected(fake, 11)  # every reading once, newest first
     after = (await coverage(client))[11]
     assert after["openGaps"] == 0 and after["gaps"] == [] and after["coverage"] == 1.0
-    assert after["readings"] == {"push": 181, "sync": 0, "backfill": 60}
+    assert after["readings"] == {"push": 181, "sync": 0, "backfill": 60, "legacy": 0}
     assert after["quota"]["spent"] == 1 and after["quota"]["limit"] == 40
     [event] = logged(log_root, BACKFILL)
     assert event["request"] == {"sensorId": 11, "startDate": text(T0 + HOUR - timedelta(seconds=59)),
@@ -145,7 +145,7 @@ async def test_readings_the_service_never_saw_before_a_sync_are_backfilled(app_c
 
     assert [(g.outcome, g.recovered) for g in report.gaps] == [("filled", 119)]
     assert await history(client, 11) == expected(fake, 11)
-    assert (await coverage(client))[11]["readings"] == {"push": 121, "sync": 1, "backfill": 119}
+    assert (await coverage(client))[11]["readings"] == {"push": 121, "sync": 1, "backfill": 119, "legacy": 0}
 
 
 async def test_the_quota_holds_across_a_restart_and_a_window_goes_on_where_it_stopped(
@@ -248,7 +248,7 @@ async def test_backfill_and_coverage_from_the_command_line(app_client, fake, dat
 
     status, out, err = await run_cli(env, tmp_path, "coverage", "--day", str(DAY))  # alongside the service
     assert status == 0, err
-    assert "sensor 11: cadence 60 s, readings push=181 sync=0 backfill=0, open gaps 1" in out
+    assert "sensor 11: cadence 60 s, readings push=181 sync=0 backfill=0 legacy=0, open gaps 1" in out
 
     status, _, err = await run_cli(env, tmp_path, "backfill")
     assert status == 1 and "a running service?" in err
@@ -263,7 +263,7 @@ async def test_backfill_and_coverage_from_the_command_line(app_client, fake, dat
     assert "filled, 1 calls, 60 readings recovered" in out and "recovered=60 open=0 failures=0" in out
 
     status, out, _ = await run_cli(env, tmp_path, "coverage", "--day", str(DAY), "--device", str(DEVICE))
-    assert "readings push=181 sync=0 backfill=60, open gaps 0, coverage 1.0000" in out
+    assert "readings push=181 sync=0 backfill=60 legacy=0, open gaps 0, coverage 1.0000" in out
 
     status, _, err = await run_cli({**env, "TLINK_OAUTH_USERNAME": ""}, tmp_path, "backfill")
     assert status == 2 and "TLINK_OAUTH_USERNAME" in err

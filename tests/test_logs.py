@@ -241,6 +241,7 @@ SECRETS = {
     "API_KEYS": "api-key-one,api-key-two",
     "TLINK_OAUTH_CLIENT_SECRET": "client-secret-def",
     "TLINK_OAUTH_PASSWORD": "oauth-pass-ghi",
+    "DATABASE_PASSWORD": "db/pass#?jkl",
 }
 
 
@@ -261,11 +262,12 @@ def test_start_up_line_names_the_effective_settings_with_secrets_masked(
     err = capsys.readouterr().err
     [start] = [line for line in err.splitlines() if "starting:" in line]
     for secret in ("db-pass-123", "secret-key-456", "hmac-secret-789", "push-token-abc", "api-key-one",
-                   "client-secret-def", "oauth-pass-ghi"):  # fmt: skip
+                   "client-secret-def", "oauth-pass-ghi", "db/pass#?jkl", "jkl"):  # fmt: skip
         assert secret not in err
     message = json.loads(start)["msg"] if fmt == "json" else start
     assert "DATABASE_URL=mysql://tlink:****@mysql:3306/tlink" in message
-    for name in ("SECRET_KEY", "PUSH_WEBHOOK_SECRET", "WEBHOOK_TOKEN", "API_KEYS", "TLINK_OAUTH_PASSWORD"):
+    for name in ("SECRET_KEY", "PUSH_WEBHOOK_SECRET", "WEBHOOK_TOKEN", "API_KEYS", "TLINK_OAUTH_PASSWORD",
+                 "DATABASE_PASSWORD"):  # fmt: skip
         assert f"{name}=****" in message
     assert "PORT=5123" in message and "USE_HTTPS=false" in message
     assert re.search(r"TLINK_SYNC_USER_IDS=(\s|$)", message)  # an empty list shows as empty, like other unset values

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 from datetime import UTC, datetime
 
@@ -14,14 +13,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from eventlog.events import PUSH, ZERO_HASH, Event, encode_line, new_event_id
 from eventlog.files import log_path
 from eventlog.store import LogUnavailable
+from projections import views
 from projections.db import DatabaseUnavailable
 from service.http.app import create_app
-from service.http.keys import RETENTION_STATS, SERVICES, SYNC_STATS
+from service.http.keys import RETENTION_STATS, SERVICES, STREAM_HUB, SYNC_STATS
 from service.jobs.sync import SyncReport, UserReport
 from tests.conftest import fixture_bytes
 
 SAMPLE = fixture_bytes("sample_push.json")
 WEBHOOK = "/api/webhooks/tlink"
+LATEST = "/api/users/385/devices/2864/latest"  # the sample push's user and device
+LATEST_ROUTE = "/api/users/{userId}/devices/{deviceId}/latest"
 
 # Every metric the service exports: name as written in the text format -> type.
 EXPECTED = {
@@ -56,6 +58,8 @@ EXPECTED = {
     "tlink_retention_runs_total": "counter",
     "tlink_retention_files_deleted_total": "counter",
     "tlink_retention_files_kept_total": "counter",
+    "tlink_http_requests_total": "counter",
+    "tlink_http_request_duration_seconds": "histogram",
     "tlink_build_info": "gauge",
     "process_resident_memory_bytes": "gauge",
 }
@@ -103,6 +107,7 @@ def outcome(scraped: Scrape, name: str) -> float:
 async def test_every_metric_is_exported_with_its_type(app_client):
     client = await app_client()
     assert (await client.post(WEBHOOK, data=SAMPLE)).status == 200
+    assert (await client.get(LATEST)).status == 200
     scraped = await scrape(client)
     for name, kind in EXPECTED.items():
         assert scraped.type_of(name) == kind, name
@@ -192,6 +197,95 @@ async def test_other_paths_are_not_counted_as_pushes(app_client):
     await client.get(WEBHOOK)
     scraped = await scrape(client)
     assert sum(v for (name, _), v in scraped.samples.items() if name == "tlink_webhook_requests_total") == 0
+
+
+def requests(scraped: Scrape, **labels: str) -> float:
+    """tlink_http_requests_total summed over the series that have these labels."""
+    wanted = set(labels.items())
+    return sum(
+        v for (name, have), v in scraped.samples.items() if name == "tlink_http_requests_total" and wanted <= set(have)
+    )
+
+
+async def test_a_read_request_is_counted_and_timed_under_its_route_template(app_client):
+    client = await app_client()
+    await client.post(WEBHOOK, data=SAMPLE)
+    for _ in range(3):
+        assert (await client.get(LATEST)).status == 200
+    assert (await client.get("/api/users/385/devices")).status == 200
+    scraped = await scrape(client)
+    assert scraped("tlink_http_requests_total", route=LATEST_ROUTE, method="GET", status="2xx") == 3
+    assert scraped("tlink_http_request_duration_seconds_count", route=LATEST_ROUTE, method="GET") == 3
+    assert scraped("tlink_http_request_duration_seconds_sum", route=LATEST_ROUTE, method="GET") > 0
+    assert scraped("tlink_http_request_duration_seconds_bucket", route=LATEST_ROUTE, method="GET", le="+Inf") == 3
+    assert scraped("tlink_http_requests_total", route="/api/users/{userId}/devices", method="GET", status="2xx") == 1
+    # the raw paths never become labels
+    assert "/api/users/385" not in scraped.text and "2864" not in scraped.text
+
+
+async def test_unmatched_paths_share_one_label_whatever_the_path_or_method(app_client):
+    client = await app_client()
+    paths = [f"/scan/{i}/wp-login.php" for i in range(30)] + ["/nowhere", "/api/users/385/devices/2864/latest/x"]
+    for path in paths:
+        assert (await client.get(path)).status == 404
+    assert (await client.request("PROPFIND", "/dav")).status == 404  # a method HTTP parsers know, no route has
+    assert (await client.request("DELETE", LATEST)).status == 405  # a route's path, not its method
+    scraped = await scrape(client)
+    assert scraped("tlink_http_requests_total", route="unmatched", method="GET", status="4xx") == len(paths)
+    assert scraped("tlink_http_requests_total", route="unmatched", method="other", status="4xx") == 1
+    assert scraped("tlink_http_requests_total", route="unmatched", method="DELETE", status="4xx") == 1
+    assert scraped("tlink_http_request_duration_seconds_count", route="unmatched", method="GET") == len(paths)
+    routes = {dict(labels)["route"] for (name, labels), _ in scraped.samples.items() if name.startswith("tlink_http_")}
+    assert routes == {"unmatched"}  # (the scrape itself is counted once it is answered, in the next one)
+    assert "wp-login" not in scraped.text and "PROPFIND" not in scraped.text
+
+
+async def test_each_answer_is_counted_in_its_status_class(app_client, monkeypatch):
+    client = await app_client()
+    await client.post(WEBHOOK, data=SAMPLE)
+    first = await client.get(LATEST)
+    assert first.status == 200
+    assert (await client.get(LATEST, headers={"If-None-Match": first.headers["ETag"]})).status == 304
+    assert (await client.get("/api/users/385/devices/abc/latest")).status == 400
+    assert (await client.get("/api/users/385/devices/9999/latest")).status == 404
+
+    async def crash(db, device_ids):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(views, "sensors_of", crash)
+    assert (await client.get(LATEST)).status == 500
+    scraped = await scrape(client)
+    for status, count in {"2xx": 1, "3xx": 1, "4xx": 2, "5xx": 1}.items():
+        assert scraped("tlink_http_requests_total", route=LATEST_ROUTE, method="GET", status=status) == count, status
+    assert scraped("tlink_http_request_duration_seconds_count", route=LATEST_ROUTE, method="GET") == 5
+
+
+async def test_webhook_pushes_are_counted_once_as_pushes_not_as_requests(app_client):
+    client = await app_client()
+    await client.post(WEBHOOK, data=SAMPLE)
+    await client.post(WEBHOOK, data=b"{bad")
+    assert (await client.get(WEBHOOK)).status == 405
+    await client.get("/metrics")
+    scraped = await scrape(client)
+    assert outcome(scraped, "ok") == 1 and outcome(scraped, "invalid") == 1
+    assert requests(scraped, route=WEBHOOK) == 0
+    assert requests(scraped, route="unmatched", method="GET", status="4xx") == 1  # the GET: no route has it
+    assert scraped("tlink_http_requests_total", route="/metrics", method="GET", status="2xx") == 1
+
+
+async def test_a_live_stream_is_counted_when_it_ends_but_not_timed(app_client):
+    client = await app_client()
+    await client.post(WEBHOOK, data=SAMPLE)
+    stream = await client.get("/api/users/385/stream")
+    assert stream.status == 200
+    await stream.content.readany()
+    client.server.app[STREAM_HUB].close()  # as at shutdown: the service ends the stream
+    assert await stream.content.read() == b""
+    route = "/api/users/{userId}/stream"
+    scraped = await wait_for(client, lambda s: requests(s, route=route) == 1)
+    assert scraped("tlink_http_requests_total", route=route, method="GET", status="2xx") == 1
+    assert not [labels for (name, labels) in scraped.samples if name.startswith("tlink_http_request_duration")
+                and dict(labels)["route"] == route]  # fmt: skip
 
 
 def write_torn_log(root, device_id: int = 2864) -> int:
@@ -325,12 +419,13 @@ async def test_each_app_has_its_own_registry(aiohttp_client, make_settings):
     assert outcome(await scrape(second), "ok") == 0
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not on PATH")
-async def test_promtool_finds_nothing_to_complain_about(app_client):
+async def test_promtool_finds_nothing_to_complain_about(app_client, promtool):
     client = await app_client()
     await client.post(WEBHOOK, data=SAMPLE)
     await client.post(WEBHOOK, data=b"{bad")
+    await client.get(LATEST)
+    await client.get("/nowhere")
     text = (await scrape(client)).text
-    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == ""

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+from eventlog.backup import BackupError, backup, restore
 from eventlog.events import utc_now
-from eventlog.store import LogLocked
+from eventlog.store import LogLocked, lock_root
 from eventlog.verify import RecordedFile, verify
 from projections.coverage import SensorCoverage, day_coverage
 from projections.db import DatabaseMissing
@@ -28,6 +29,7 @@ from service.config import Settings
 from service.http.server import run_server
 from service.jobs.backfill import BackfillReport
 from service.jobs.sync import SyncReport
+from service.legacy import IMPORTED_DIR, ImportInterrupted, ImportReport, LegacyError, describe_source, import_legacy
 
 
 class Progress:
@@ -84,7 +86,7 @@ def _replay_arguments(parser: argparse.ArgumentParser) -> None:
 def replay(args: argparse.Namespace, settings: Settings) -> int:
     workers = args.workers
     if workers is None:
-        workers = min(2, os.cpu_count() or 1) if settings.DATABASE_URL.startswith("mysql") else 1
+        workers = min(2, os.cpu_count() or 1) if settings.database.kind == "mysql" else 1
     if workers < 1:
         print("tlink-push replay: --workers must be at least 1", file=sys.stderr)
         return 2
@@ -96,7 +98,7 @@ async def _replay(settings: Settings, workers: int) -> int:
     progress = Progress("replay: events")
     started = time.monotonic()
     async with open_database(settings) as db:
-        report = await replay_logs(db, root, progress, settings.DATABASE_URL, workers)
+        report = await replay_logs(db, root, progress, settings.database, workers)
     progress.done()
     for repair in report.repairs:
         print(repair.message, file=sys.stderr)
@@ -174,6 +176,79 @@ async def _recorded_files(settings: Settings) -> dict[tuple[int, str], RecordedF
     if recorded is None:
         print("note: the database holds no tables of this service: checking the hash chains only")
     return recorded
+
+
+# ---------------------------------------------------------------- backup and restore
+
+
+def _backup_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dest", type=Path, metavar="DEST", help="the backup folder: new, empty, or holding a backup")
+    parser.epilog = (
+        "Copies every file under SYNC_LOG_DIR into DEST while the service runs (it takes no lock): each *.log"
+        " file up to its last complete line as of the moment it is read, every other file as it is, each"
+        " fsynced; then writes DEST/MANIFEST.json (each file's size, line count, last line's hash and SHA-256)"
+        " last and atomically. Into a folder holding a backup it is incremental: only what changed is copied."
+        " The database is not backed up: `tlink-push replay` rebuilds it. See docs/backup.md."
+    )
+
+
+def backup_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Copy the log root into a backup folder, with its manifest."""
+    progress = Progress("backup: files")
+    started = time.monotonic()
+    try:
+        report = backup(settings.SYNC_LOG_DIR, args.dest, progress)
+    except BackupError as exc:
+        progress.done()
+        print(f"tlink-push backup: {exc}", file=sys.stderr)
+        return 1
+    progress.done()
+    for relative in report.kept:
+        print(f"kept {relative}: no longer in the log root")
+    print(
+        f"backed up {len(report.files)} files ({report.size:,} bytes) into {args.dest} in"
+        f" {time.monotonic() - started:.1f} s: {report.copied} copied, {report.extended} extended,"
+        f" {report.unchanged} unchanged, {report.bytes_copied:,} bytes written"
+    )
+    return 0
+
+
+def _restore_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", type=Path, metavar="SRC", help="a folder written by `tlink-push backup`")
+    parser.epilog = (
+        "Checks every file of SRC against SRC/MANIFEST.json (size, line count, last line's hash, SHA-256; no"
+        " file missing or unlisted), then copies it into SYNC_LOG_DIR, which must hold no file (run it with the"
+        " service stopped: it takes the log root's writer lock). Then run `tlink-push replay` and"
+        " `tlink-push verify`, and start the service. Exit status 1 when the backup does not match its manifest"
+        " or the log root is not empty; nothing is copied then."
+    )
+
+
+def restore_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Check a backup and copy it into an empty log root."""
+    root = settings.SYNC_LOG_DIR
+    progress = Progress("restore: files checked")
+    try:
+        lock = lock_root(root)
+    except LogLocked as exc:
+        print(f"tlink-push restore: {exc}; stop the service first", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"tlink-push restore: {root}: cannot use it as the log root: {exc.strerror}", file=sys.stderr)
+        return 1
+    try:
+        entries = restore(args.source, root, progress)
+    except BackupError as exc:
+        progress.done()
+        print(f"tlink-push restore: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        os.close(lock)
+    progress.done()
+    size = sum(entry.size for entry in entries)
+    print(f"restored {len(entries)} files ({size:,} bytes) from {args.source} into {root}, each checked")
+    print("next: tlink-push replay, then tlink-push verify, then start the service")
+    return 0
 
 
 # ---------------------------------------------------------------- prune
@@ -352,8 +427,8 @@ def _coverage_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--day", type=_day, metavar="YYYY-MM-DD", help="the day, platform time (default: today)")
     _user_and_device(parser, "show")
     parser.epilog = (
-        "Prints, per sensor of each device, its cadence, the day's readings by origin (push, sync, backfill), the"
-        " gaps of the day (open: not yet asked of the vendor to the last page), the coverage ratio and the"
+        "Prints, per sensor of each device, its cadence, the day's readings by origin (push, sync, backfill,"
+        " legacy), the gaps of the day (open: not yet asked of the vendor to the last page), the coverage ratio and the"
         " backfill calls spent today. Without --user or TLINK_SYNC_USER_IDS, every device. Read-only: runs"
         " alongside the service."
     )
@@ -401,6 +476,65 @@ def _print_coverage(found: SensorCoverage, limit: int) -> None:
         )
 
 
+# ---------------------------------------------------------------- import-legacy
+
+
+def _import_legacy_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mysql", required=True, metavar="URL",
+        help="the original Flask service's database, mysql://user:password@host:port/name",
+    )  # fmt: skip
+    parser.add_argument(
+        "--logs", type=Path, metavar="DIR",
+        help="the original service's logs folder (default: SYNC_LOG_DIR, where it wrote them too)",
+    )  # fmt: skip
+    parser.epilog = (
+        "Appends each row of the old devices, sensors and sensor_readings tables and each line of the old"
+        f" per-device sync logs to the log as a `legacy` event; the old files are first moved, whole, to"
+        f" SYNC_LOG_DIR/{IMPORTED_DIR}/<deviceId>/, and each run writes its record there"
+        " (import-<time>.json). A second run imports nothing (what is imported is read from the log)."
+        " Run it with the service stopped: it refuses while a service holds the log root. Exit status 0 when"
+        " everything was imported, 1 when a row or line could not be placed (each one is printed and"
+        " recorded), 2 when the old database cannot be read (nothing is changed)."
+    )
+
+
+def import_legacy_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Import the original service's database rows and sync-log lines as `legacy` events."""
+    progress = Progress("import-legacy: events")
+    try:
+        report = asyncio.run(import_legacy(settings, args.mysql, args.logs, progress))
+    except LegacyError as exc:
+        print(f"tlink-push import-legacy: {exc}; nothing was changed", file=sys.stderr)
+        return 2
+    except ImportInterrupted as exc:
+        print(f"tlink-push import-legacy: {exc}; the events appended before it stay in the log: run the command"
+              " again to import the rest", file=sys.stderr)  # fmt: skip
+        return 1
+    except LogLocked as exc:
+        print(f"tlink-push import-legacy: {exc}; stop the service first", file=sys.stderr)
+        return 1
+    finally:
+        progress.done()
+    _print_import(report)
+    return 1 if report.problems else 0
+
+
+def _print_import(report: ImportReport) -> None:
+    for old, new in report.moved:
+        print(f"moved {old} to {new}")
+    for problem in report.problems:
+        print(f"not imported: {describe_source(problem)}: {problem['reason']}", file=sys.stderr)
+    print(f"{report.database}: {report.users} users")
+    for name, count in (*report.tables.items(), *report.files.items()):
+        what = "rows" if name in report.tables else "lines"
+        print(
+            f"{name}: {count.read} {what}, {count.imported} imported, {count.already} already imported,"
+            f" {count.not_imported} not imported"
+        )
+    print(f"imported {report.imported} legacy events; {len(report.problems)} not imported; record: {report.record}")
+
+
 # ---------------------------------------------------------------- the table
 
 
@@ -426,6 +560,12 @@ COMMANDS = {
     "verify": Command(
         "check every hash chain and the last-line hashes recorded in the database", verify_command, _verify_arguments
     ),
+    "backup": Command(
+        "copy the log files into a folder with a manifest, while the service runs", backup_command, _backup_arguments
+    ),
+    "restore": Command(
+        "check a backup against its manifest and copy it into an empty log root", restore_command, _restore_arguments
+    ),
     "prune": Command(
         "apply log retention now: delete daily files older than LOG_AGE days", prune_command, _prune_arguments
     ),
@@ -437,5 +577,10 @@ COMMANDS = {
     ),
     "coverage": Command(
         "print how complete each sensor's readings are on one day", coverage_command, _coverage_arguments
+    ),
+    "import-legacy": Command(
+        "import the original Flask service's MySQL readings and sync logs as legacy events (service stopped)",
+        import_legacy_command,
+        _import_legacy_arguments,
     ),
 }

@@ -9,6 +9,7 @@ import sys
 from eventlog.events import EventLogError
 from projections.db import DatabaseError
 from projections.errors import ProjectionError
+from service import package_version
 from service.cli.commands import COMMANDS
 from service.config import SettingsError, load_settings
 from service.logs import setup_logging
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tlink-push",
         description="TLINK push data service. Settings come from the environment and .env (see README).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
         command.arguments(sub.add_parser(name, help=command.summary, description=command.summary))

@@ -15,6 +15,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from service import package_version
 from service.config import Settings
 from service.http import query, schemas
 from service.http.keys import OPENAPI_DOCUMENT
@@ -22,6 +23,9 @@ from service.http.query import Param
 
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
+# The media type the OpenAPI Initiative registered for its documents (with their version as a parameter).
+OPENAPI_MEDIA = "application/vnd.oai.openapi+json"
+OPENAPI_VERSION = "3.1.0"
 
 
 ANY_JSON: Literal["any json"] = "any json"
@@ -48,6 +52,7 @@ class Operation:
     tags: tuple[str, ...] = field(default=("read",))
     validators: bool = False  # 200 carries an ETag; If-None-Match naming it is a 304 (middleware/caching.py)
     media: dict[str, dict[str, Any]] = field(default_factory=dict)  # further content types of the 200 answer
+    operation_id: str = ""  # set by the route table from its handler's name (service.http.routes.OPERATIONS)
 
 
 BAD = (400, ("a parameter is malformed; the error names it", schemas.ErrorAnswer))
@@ -141,7 +146,7 @@ def _security(op: Operation, settings: Settings) -> list[dict[str, list[str]]]:
 def _operation(op: Operation, settings: Settings, refs: dict[type[BaseModel], dict[str, Any]]) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "summary": op.summary,
-        "operationId": op.method + op.path.replace("/api", "").replace("{", "").replace("}", "").replace("/", "_"),
+        "operationId": op.operation_id,
         "tags": list(op.tags),
         "parameters": [_parameter(p, settings) for p in op.params],
         "responses": {str(s): {"description": d, "content": _content(m, refs)} for s, (d, m) in op.responses.items()},
@@ -159,6 +164,9 @@ def _operation(op: Operation, settings: Settings, refs: dict[type[BaseModel], di
 
 def build_document(settings: Settings, operations: Sequence[Operation]) -> dict[str, Any]:
     """The OpenAPI 3.1 document of these operations (service.http.routes.OPERATIONS) for these settings."""
+    ids = [op.operation_id for op in operations]
+    if "" in ids or len(set(ids)) != len(ids):
+        raise ValueError(f"every operation needs an operationId of its own: {sorted(ids)}")
     answers = {m for op in operations for _, m in op.responses.values() if isinstance(m, type)}
     bodies = {op.body for op in operations if op.body is not None}
     keyed = [(m, "serialization") for m in sorted(answers, key=lambda m: m.__name__)]
@@ -169,12 +177,14 @@ def build_document(settings: Settings, operations: Sequence[Operation]) -> dict[
     for op in operations:
         paths.setdefault(op.path, {})[op.method] = _operation(op, settings, refs)
     return {
-        "openapi": "3.1.0",
+        "openapi": OPENAPI_VERSION,
         "info": {
             "title": "TLINK push data service",
-            "version": "1.0.0",
+            "version": package_version(),
             "description": "Event-sourced store of TLINK pushes: webhook, read API over read models and log files.",
         },
+        # Relative: the paths start at the root of whichever address served this document.
+        "servers": [{"url": "/", "description": "the service that serves this document"}],
         "paths": paths,
         "components": {
             "schemas": {**_with_json_values(defs.get("$defs", {})), "JsonValue": schemas.JSON_VALUE},
@@ -199,6 +209,11 @@ def build_document(settings: Settings, operations: Sequence[Operation]) -> dict[
     }
 
 
-async def document(request: web.Request) -> web.Response:
-    """GET /api/openapi.json: the document built for the app at its creation."""
-    return web.Response(body=request.app[OPENAPI_DOCUMENT], content_type=JSON)
+async def openapi_document(request: web.Request) -> web.Response:
+    """GET /api/openapi.json: the document built for the app at its creation, as the OpenAPI media type,
+    or as application/json for a client whose Accept header prefers that."""
+    if query.prefers(request.headers.get("Accept", ""), JSON, OPENAPI_MEDIA):
+        media = JSON
+    else:
+        media = f"{OPENAPI_MEDIA}; version={OPENAPI_VERSION.rsplit('.', 1)[0]}"
+    return web.Response(body=request.app[OPENAPI_DOCUMENT], headers={"Content-Type": media, "Vary": "Accept"})

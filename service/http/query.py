@@ -235,8 +235,12 @@ def answer_format(request: web.Request) -> str:
         if text not in FORMATS:
             raise ApiError(400, f"format must be one of {', '.join(FORMATS)}, got {text!r}")
         return text
-    accept = request.headers.get("Accept", "")
-    return "csv" if _quality(accept, "text", "csv") > _quality(accept, "application", "json") else "json"
+    return "csv" if prefers(request.headers.get("Accept", ""), "text/csv", "application/json") else "json"
+
+
+def prefers(accept: str, media: str, other: str) -> bool:
+    """The Accept header gives `media` (type/subtype) a higher q value than `other`."""
+    return _quality(accept, *media.split("/", 1)) > _quality(accept, *other.split("/", 1))
 
 
 def q_value(options: list[str]) -> float:

@@ -5,6 +5,7 @@ The router and the OpenAPI document (service.http.openapi) are both built from R
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -119,10 +120,12 @@ ROUTES = (
             "get",
             "/api/openapi.json",
             "This document",
-            {200: ("OpenAPI 3.1 document", ANY_JSON), 401: UNAUTHORIZED[1]},
+            {200: ("OpenAPI 3.1 document (application/json when Accept prefers it)", ANY_JSON),
+             401: UNAUTHORIZED[1]},
             validators=True,
+            media={openapi.OPENAPI_MEDIA: {"schema": {"type": "object"}}},
         ),
-        openapi.document,
+        openapi.openapi_document,
     ),
     Route(
         Operation(
@@ -212,7 +215,15 @@ ROUTES = (
         dashboard.static_file,
     ),
 )
-OPERATIONS = tuple(route.operation for route in ROUTES)
+
+
+def operation_id(handler: Handler) -> str:
+    """An operation's operationId: its handler's name in camelCase (`list_devices`: `listDevices`)."""
+    first, *rest = handler.__name__.split("_")
+    return first + "".join(word.capitalize() for word in rest)
+
+
+OPERATIONS = tuple(dataclasses.replace(route.operation, operation_id=operation_id(route.handler)) for route in ROUTES)
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

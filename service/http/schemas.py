@@ -180,6 +180,7 @@ class ReadingsByOrigin(Answer):
     push: int = Field(ge=0)
     sync: int = Field(ge=0)
     backfill: int = Field(ge=0)
+    legacy: int = Field(ge=0, description="imported from the original Flask service (tlink-push import-legacy)")
 
 
 class SensorCoverageOut(Answer):

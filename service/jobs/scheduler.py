@@ -193,6 +193,7 @@ def _schedule_sync(services: Services, scheduler: AsyncIOScheduler) -> Exclusive
 
     job = ExclusiveJob(SYNC_JOB_ID, services.sync.run, on_skip=skipped, may_run=_leader(services))
     schedule(scheduler, SYNC_JOB_ID, job, settings.TLINK_SYNC_INTERVAL_SECONDS)
+    stats.interval_seconds = settings.TLINK_SYNC_INTERVAL_SECONDS
     log.info(
         "TLINK sync scheduled every %d s",
         settings.TLINK_SYNC_INTERVAL_SECONDS,

@@ -120,6 +120,7 @@ class SyncStats:
     last_outcome: str | None = None
     last_finished_at: datetime | None = None
     running: bool = False
+    interval_seconds: int | None = None  # TLINK_SYNC_INTERVAL_SECONDS while the sync is scheduled
     observers: list[RunObserver] = field(default_factory=list)
 
     def note_token(self, grant: str) -> None:
