@@ -113,11 +113,17 @@ async def open_services(
 
 
 async def _open_node(settings: Settings) -> Node:
-    """This node on the bus of BUS_URL (the stream and buckets made if missing)."""
-    from service.cluster.bus import open_bus
-    from service.cluster.node import Node
-
-    return Node(settings, await open_bus(settings))
+    """This node on the bus of BUS_URL (the stream and buckets made if missing); OSError (one line at start-up)
+    when the NATS client is not installed or the bus cannot be reached."""
+    try:
+        from service.cluster.bus import open_bus
+        from service.cluster.node import Node
+    except ImportError as exc:
+        raise OSError(f"BUS_URL is set but the NATS client is missing ({exc}): install the cluster extra") from None
+    try:
+        return Node(settings, await open_bus(settings))
+    except Exception as exc:  # the client's errors: no server answers, no JetStream, a refused login
+        raise OSError(f"cannot open the bus of BUS_URL: {exc or type(exc).__name__}") from None
 
 
 def _log_repair(repair: Repair) -> None:

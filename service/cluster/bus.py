@@ -38,6 +38,7 @@ DUPLICATE_WINDOW_SECONDS = 120.0
 CONSUMER_IDLE_SECONDS = 30.0
 PUBLISH_TIMEOUT_SECONDS = 5.0
 SETUP_ATTEMPTS = 10
+CONNECT_SECONDS = 30.0
 
 
 def partition_of(device_id: int, partitions: int) -> int:
@@ -174,11 +175,17 @@ async def open_bus(settings: Settings) -> Bus:
         log.debug("bus client: %s", exc)
 
     nc: Client
-    nc = await nats.connect(
-        servers=list(settings.BUS_URL), name=settings.node_name, max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5, connect_timeout=5, disconnected_cb=disconnected, reconnected_cb=reconnected,
-        error_cb=error,
-    )  # fmt: skip
+    try:  # the client tries the servers again and again: a bus still starting gets CONNECT_SECONDS
+        nc = await asyncio.wait_for(
+            nats.connect(
+                servers=list(settings.BUS_URL), name=settings.node_name, max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5, connect_timeout=5, disconnected_cb=disconnected,
+                reconnected_cb=reconnected, error_cb=error,
+            ),
+            CONNECT_SECONDS,
+        )  # fmt: skip
+    except TimeoutError:
+        raise TimeoutError(f"no NATS server of BUS_URL answered within {CONNECT_SECONDS:g} s") from None
     js = nc.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
     name, replicas, ttl = settings.BUS_NAME, settings.BUS_REPLICAS, settings.BUS_LEASE_SECONDS
     for attempt in range(SETUP_ATTEMPTS):  # a cluster that has just started may still be electing its leaders
