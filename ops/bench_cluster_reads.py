@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shutil
 import statistics
 import tempfile
 import time
@@ -77,10 +78,10 @@ def main() -> None:
         with NatsCluster(folder / "nats", size=1) as cluster:
             env = {"BUS_LEASE_SECONDS": "3", "LOG_LEVEL": "WARNING"}
             nodes = [ServiceNode(folder, database, cluster.url, node_id, env=env) for node_id in ("a", "b")]
-            for node in nodes:
-                node.start()
-                node.wait_ready()
             try:
+                for node in nodes:
+                    node.start()
+                    node.wait_ready()
                 time.sleep(8)  # both nodes take their share of the partitions
                 for i in range(args.pushes):
                     post(nodes[i % 2], upload(i, args.devices))
@@ -101,6 +102,7 @@ def main() -> None:
                     node.stop()
     finally:
         admin.cursor().execute(f"DROP DATABASE IF EXISTS {name}")
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

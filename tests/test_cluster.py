@@ -67,9 +67,14 @@ def start_nodes(workdir: Path, url: str, bus: str, *ids: str) -> list[ServiceNod
     env = {"BUS_LEASE_SECONDS": str(LEASE_SECONDS), "BUS_REPLICAS": "3", "BUS_PARTITIONS": str(PARTITIONS),
            "BUS_NAME": f"t{uuid.uuid4().hex[:8]}"}  # fmt: skip
     nodes = [ServiceNode(workdir, url, bus, node_id, env=env) for node_id in ids]
-    for node in nodes:
-        node.start()
-        node.wait_ready()
+    try:
+        for node in nodes:
+            node.start()
+            node.wait_ready()
+    except BaseException:
+        for node in nodes:
+            node.kill()
+        raise
     return nodes
 
 
