@@ -44,7 +44,16 @@ from eventlog.events import (
     new_event_id,
     utc_now,
 )
-from eventlog.files import LogEnd, device_days, device_dir, device_ids, fsync_dir, last_line_and_size, log_path
+from eventlog.files import (
+    LogEnd,
+    LogFiles,
+    device_days,
+    device_dir,
+    device_ids,
+    fsync_dir,
+    last_line_and_size,
+    log_path,
+)
 from eventlog.recovery import Repair, repair_all
 
 log = logging.getLogger("tlink.eventlog")
@@ -61,15 +70,17 @@ class LogLocked(EventLogError):
     """Another process is writing to this log root."""
 
 
-def lock_root(root: Path) -> int:
+def lock_root(root: Path, shared: bool = False) -> int:
     """Take the root's writer lock (flock on the folder; the kernel drops it when the process dies).
 
-    Two writers would fork the hash chains, so a second one must not start.
+    Two writers would fork the hash chains, so a second one must not start. `shared`: the
+    lock of a cluster node, which shares the root with the other nodes (each device has one
+    writer at a time by its partition's lease), and which no single-node service may join.
     """
     root.mkdir(parents=True, exist_ok=True)
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise LogLocked(f"another process (a running service?) is writing to the log root {root}") from None
@@ -177,6 +188,7 @@ class _Batch:
 
 
 FlushObserver = Callable[[int, int, float], None]  # (lines, bytes, fsync seconds)
+Fence = Callable[[int], str | None]  # device -> why this process may not append to it now (None: it may)
 
 
 class LogStore:
@@ -189,7 +201,11 @@ class LogStore:
         flush_threads: int = 8,
         max_open_files: int = 1024,
         on_flush: FlushObserver | None = None,
+        fence: Fence | None = None,
     ) -> None:
+        """`fence` (cluster nodes): asked for every line just before its batch is written; a line it
+        refuses fails with LogUnavailable, and the open root is shared (`lock_root`) and repaired device
+        by device by whoever takes a device over, rather than whole at `open`."""
         self.root = root
         self._clock = clock
         self._heads: dict[int, _Head] = {}
@@ -206,13 +222,15 @@ class LogStore:
         self._last_instant: datetime | None = None
         self._closing = False
         self._on_flush = on_flush
+        self._fence = fence
         self._lock_fd: int | None = None
         self.repairs: list[Repair] = []
 
     async def open(self) -> list[Repair]:
         """Take the writer lock, repair torn tails, start the flusher; returns the repairs made."""
-        self._lock_fd = lock_root(self.root)
-        self.repairs = await asyncio.get_running_loop().run_in_executor(None, repair_all, self.root)
+        self._lock_fd = lock_root(self.root, shared=self._fence is not None)
+        if self._fence is None:
+            self.repairs = await asyncio.get_running_loop().run_in_executor(None, repair_all, self.root)
         self._task = asyncio.create_task(self._flusher(), name="eventlog-flusher")
         return self.repairs
 
@@ -266,8 +284,21 @@ class LogStore:
         self._wakeup.set()
         return queued
 
+    def forget(self, device_ids: set[int]) -> None:
+        """Drop what is known of these devices' chains (another process may have appended since): the next
+        append reads their heads from the files again. Only for devices with nothing queued."""
+        for device_id in device_ids:
+            self._heads.pop(device_id, None)
+            self._durable.pop(device_id, None)
+            self._refused.pop(device_id, None)
+        for key in [k for k in self._fds if k[0] in device_ids]:
+            os.close(self._fds.pop(key).fd)
+
     def durable_end(self, device_id: int) -> LogEnd:
-        """Where a device's log on disk ends: nothing past this is unflushed."""
+        """Where a device's log on disk ends: nothing past this is unflushed (for a device another
+        process writes, the files as they stand: `LogFiles`)."""
+        if self._fence is not None and self._fence(device_id) is not None:
+            return LogFiles(self.root).durable_end(device_id)
         if device_id not in self._durable:
             self._load_head(device_id)
         return self._durable[device_id]
@@ -300,6 +331,9 @@ class LogStore:
             for item in pending:
                 if item.event.device_id in self._refused:  # queued before its device was refused
                     item.fail(self._refusal(item.event.device_id))
+                    continue
+                if self._fence is not None and (why := self._fence(item.event.device_id)) is not None:
+                    item.fail(LogUnavailable(f"device {item.event.device_id} not appended: {why}"))
                     continue
                 self._stage(batch, item)
             if not batch.items:

@@ -121,7 +121,10 @@ class Projector:
         retry_seconds: float = 1.0,
         on_batch: BatchObserver | None = None,
         on_applied: AppliedObserver | None = None,
+        owns: Callable[[int], bool] | None = None,
     ) -> None:
+        """`owns` (cluster nodes): the devices this projector keeps in step (default: all); others are
+        another node's, never caught up here, until `adopt` hands them over."""
         self.recorder = recorder
         self.root = root
         self._log = log_view
@@ -129,6 +132,7 @@ class Projector:
         self.retry_seconds = retry_seconds
         self._on_batch = on_batch
         self.on_applied = on_applied  # hears of every commit, after the positions moved (the live stream)
+        self._owns = owns
         self._positions: dict[int, Position] | None = None
         self._behind: set[int] = set()
         self._queue: list[_Item] = []  # submitted, for the next hot batch
@@ -188,7 +192,29 @@ class Projector:
             and self._positions is not None
             and device_id not in self._behind
             and device_id not in self.stopped
+            and (self._owns is None or self._owns(device_id))
         )
+
+    async def adopt(self, device_ids: set[int]) -> None:
+        """Take these devices over from another node: their positions are read from the recorder again,
+        and those whose log is ahead of them are caught up."""
+        positions = await self.recorder.positions()
+        if self._positions is None:
+            return  # the worker loads every position (of the devices owned by then) before its first batch
+        for device_id in device_ids:
+            self.stopped.pop(device_id, None)
+            if (pos := positions.get(device_id)) is not None:
+                self._positions[device_id] = pos
+            else:
+                self._positions.pop(device_id, None)
+        behind = await asyncio.get_running_loop().run_in_executor(None, self._devices_behind, positions, device_ids)
+        self._behind |= behind
+        if behind:
+            self._wakeup.set()
+
+    def release(self, device_ids: set[int]) -> None:
+        """Leave these devices to another node (nothing of theirs is submitted any more)."""
+        self._behind -= device_ids
 
     def positions(self) -> dict[int, Position]:
         """How far the recorder holds each device's log, as of now (a copy; empty before positions load)."""
@@ -317,6 +343,8 @@ class Projector:
     async def _catch_up_batch(self) -> None:
         """The catch-up path: the next lines of the devices behind, read from their files from their positions."""
         assert self._positions is not None
+        if self._owns is not None:
+            self._behind = {d for d in self._behind if self._owns(d)}
         devices = sorted(self._behind)
         cursor = {d: pos for d in devices if (pos := self._positions.get(d)) is not None}
         waiting, self._waiting = self._waiting, []
@@ -434,10 +462,10 @@ class Projector:
         if self._behind:
             log.info("projection catching up", extra={"devices": len(self._behind)})
 
-    def _devices_behind(self, positions: dict[int, Position]) -> set[int]:
+    def _devices_behind(self, positions: dict[int, Position], among: set[int] | None = None) -> set[int]:
         behind = set()
-        for device_id in self._log.devices():
-            if device_id in self.stopped:
+        for device_id in self._log.devices() if among is None else sorted(among):
+            if device_id in self.stopped or (self._owns is not None and not self._owns(device_id)):
                 continue
             end = self._log.durable_end(device_id)
             pos = positions.get(device_id)

@@ -18,6 +18,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -33,6 +34,9 @@ from service.ingest import Ingestor
 from service.jobs.backfill import Backfill, BackfillStats, build_backfill
 from service.jobs.sync import SyncStats, TlinkSync, build_client, build_sync
 from service.jobs.tlink_client import TlinkClient
+
+if TYPE_CHECKING:  # cluster mode needs the `cluster` extra (nats-py), imported only when BUS_URL is set
+    from service.cluster.node import Node
 
 log = logging.getLogger("tlink.app")
 
@@ -51,6 +55,7 @@ class Services:
     tlink: TlinkClient
     sync: TlinkSync  # runs only when the settings configure it (Settings.sync_problem)
     backfill: Backfill  # the same; it and the sync hold one lock while they run
+    node: Node | None = None  # cluster mode (BUS_URL): this node on the bus
 
 
 @asynccontextmanager
@@ -78,28 +83,41 @@ async def open_services(
     `on_flush` hears of every group commit, `sync_stats` and `backfill_stats` count the jobs' runs (for metrics).
     """
     async with open_database(settings) as db, aiohttp.ClientSession() as session:
-        store = LogStore(settings.SYNC_LOG_DIR, on_flush=on_flush)
+        node = await _open_node(settings) if settings.BUS_URL else None
+        store = LogStore(settings.SYNC_LOG_DIR, on_flush=on_flush, fence=None if node is None else node.fence)
         projector: Projector | None = None
         try:
             for repair in await store.open():
                 _log_repair(repair)
             recorder = recorder or SqlRecorder(db, auto_schema=settings.AUTO_APPLY_SCHEMA)
-            projector = Projector(recorder, settings.SYNC_LOG_DIR, store)
+            projector = Projector(recorder, settings.SYNC_LOG_DIR, store, owns=None if node is None else node.owns)
             await projector.start()
             ingestor = Ingestor(
-                store, projector, recorder, settings.MAX_SAMPLES_PER_PUSH, settings.MAX_SENSORS_PER_DEVICE
+                store, projector, recorder, settings.MAX_SAMPLES_PER_PUSH, settings.MAX_SENSORS_PER_DEVICE, node
             )
+            if node is not None:
+                await node.start(store, projector, ingestor)
             sync_stats = sync_stats or SyncStats()
             tlink, pulling = build_client(settings, session, sync_stats), asyncio.Lock()
             yield Services(
                 settings, db, store, recorder, projector, ingestor, DeadLetters(settings.SYNC_LOG_DIR), tlink,
                 build_sync(settings, tlink, ingestor, db, sync_stats, pulling),
-                build_backfill(settings, tlink, ingestor, db, backfill_stats or BackfillStats(), pulling),
+                build_backfill(settings, tlink, ingestor, db, backfill_stats or BackfillStats(), pulling), node,
             )  # fmt: skip
         finally:
+            if node is not None:
+                await node.stop()  # its writers stop and its leases are given back
             await store.close()  # in-flight appends finish first: they were (or will be) answered
             if projector is not None:
                 await projector.stop()
+
+
+async def _open_node(settings: Settings) -> Node:
+    """This node on the bus of BUS_URL (the stream and buckets made if missing)."""
+    from service.cluster.bus import open_bus
+    from service.cluster.node import Node
+
+    return Node(settings, await open_bus(settings))
 
 
 def _log_repair(repair: Repair) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 from datetime import UTC, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Annotated, Literal
@@ -15,7 +17,7 @@ from projections.db import DatabaseUrl, parse_database_url
 
 SECRET_SETTINGS = frozenset(
     {"SECRET_KEY", "PUSH_WEBHOOK_SECRET", "WEBHOOK_TOKEN", "API_KEYS", "TLINK_OAUTH_CLIENT_SECRET",
-     "TLINK_OAUTH_PASSWORD", "DATABASE_URL", "DATABASE_PASSWORD"}
+     "TLINK_OAUTH_PASSWORD", "DATABASE_URL", "DATABASE_PASSWORD", "BUS_URL"}
 )  # fmt: skip
 
 
@@ -94,8 +96,15 @@ class Settings(BaseSettings):
     BACKFILL_PAGE_SIZE: int = Field(100, ge=1, le=100)
     STREAM_HEARTBEAT_SECONDS: float = Field(15.0, gt=0)  # a comment line on an idle stream this often
     STREAM_QUEUE_EVENTS: int = Field(1000, ge=1)  # events queued per stream client; a client further behind is dropped
+    BUS_URL: Annotated[list[str], NoDecode] = Field(default_factory=list)  # NATS servers; empty: one node, no bus
+    BUS_REPLICAS: int = Field(1, ge=1, le=5)  # JetStream replicas of the events stream and the leases
+    BUS_PARTITIONS: int = Field(16, ge=1, le=1024)  # devices are split into this many partitions, one writer each
+    BUS_LEASE_SECONDS: float = Field(10.0, ge=1.0, le=300.0)  # a partition's lease lapses this long after a renewal
+    BUS_NAME: str = Field("tlink", pattern=r"^[A-Za-z0-9_-]{1,32}$")  # names the stream, subjects and buckets
+    NODE_ID: str = Field("", pattern=r"^[A-Za-z0-9_.-]{0,64}$")  # this node's name on the bus; empty: host-pid
+    NODE_ROLE: Literal["all", "ingest", "writer"] = "all"  # `tlink-push serve --role`
 
-    @field_validator("API_KEYS", "CORS_ALLOWED_ORIGINS", mode="before")
+    @field_validator("API_KEYS", "CORS_ALLOWED_ORIGINS", "BUS_URL", mode="before")
     @classmethod
     def _split(cls, value: object) -> list[str]:
         return _csv(value)
@@ -109,6 +118,19 @@ class Settings(BaseSettings):
         if isinstance(value, str | list) and len(value) > 0 and not _csv(value):
             raise ValueError("has no key in it (commas and blanks only); leave it empty for an open read API")
         return value
+
+    @field_validator("BUS_URL")
+    @classmethod
+    def _bus_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not re.fullmatch(r"(nats|tls)://[^\s/]+(:[0-9]+)?/?", url):
+                raise ValueError(f"{url!r} is not a nats:// (or tls://) server URL")
+        return value
+
+    @property
+    def node_name(self) -> str:
+        """NODE_ID, or host name and process id when it is unset."""
+        return self.NODE_ID or f"{socket.gethostname()}-{os.getpid()}"
 
     @field_validator("TLINK_SYNC_USER_IDS", mode="before")
     @classmethod

@@ -8,7 +8,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from eventlog.events import PUSH, SYNC, Event, body_digest
 from eventlog.store import Appended, LogStore
@@ -20,6 +20,7 @@ from projections.recorder import Recorder
 log = logging.getLogger("tlink.ingest")
 
 PushKey = tuple[int, str]
+STORED_ID_TRIES = 15
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,24 @@ class PushResult:
     stored_readings: int
     duplicate: bool
     projected: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What the bus said of an event (cluster mode): the stored event's id (an earlier one's for a
+    duplicate, None if it is no longer known), and whether this node's read models show it."""
+
+    event_id: str | None
+    duplicate: bool
+    projected: bool
+
+
+class EventBus(Protocol):
+    """Where a cluster node's events go instead of this node's log (service.cluster.node.Node)."""
+
+    async def publish(self, event: Event, key: str) -> Published:
+        """Put the event on the bus with `key` as its duplicate key (LogUnavailable if it is not taken)."""
+        ...
 
 
 class KnownPushes:
@@ -59,6 +78,11 @@ class KnownPushes:
         newest = self._newest.get(key[0])
         if newest is None or sent > newest:
             self._newest[key[0]] = sent
+
+    def forget(self, device_id: int) -> None:
+        """Learn the device's newest stored `time` again (another node may have stored pushes since)."""
+        self._bounded.discard(device_id)
+        self._newest.pop(device_id, None)
 
     def _newer_than_stored(self, device_id: int, sent: datetime) -> bool:
         if device_id not in self._bounded:
@@ -164,7 +188,11 @@ class DeviceSensors:
 
 
 class Ingestor:
-    """The write side: check, append durably, project, answer."""
+    """The write side: check, append durably, project, answer.
+
+    With a `bus` (cluster mode), an event is published instead, and written by the node that
+    holds its device's partition (service.cluster.node).
+    """
 
     def __init__(
         self,
@@ -173,8 +201,11 @@ class Ingestor:
         recorder: Recorder,
         max_samples_per_push: int = 1000,
         max_sensors_per_device: int = 1000,
+        bus: EventBus | None = None,
     ) -> None:
         self.store = store
+        self.bus = bus
+        self.recorder = recorder
         self.projector = projector
         self.known = KnownPushes(recorder, projector.caught_up)
         self.max_samples_per_push = max_samples_per_push
@@ -204,6 +235,20 @@ class Ingestor:
                 return PushResult(stored, 0, True, True)
             new_sensors = await self.sensors.admit(parsed.device_id, {r.sensor_id for r in parsed.readings})
             event = self.store.new_event(PUSH, parsed.device_id, parsed.user_id, body)
+            if self.bus is not None:
+                try:
+                    sent = await self.bus.publish(event, f"{key[0]}:{key[1]}")
+                except BaseException:
+                    self.sensors.withdraw(parsed.device_id, new_sensors)
+                    raise
+                stored_id = sent.event_id
+                if sent.duplicate and stored_id is None:
+                    stored_id = await self._stored_id(key)
+                if stored_id is not None:
+                    self.known.remember(key, stored_id, parsed.sent)
+                future.set_result(stored_id)
+                count = 0 if sent.duplicate else len(parsed.readings)
+                return PushResult(stored_id, count, sent.duplicate, sent.projected)
             try:
                 known = Parsed(parsed.readings, key[1], parsed.sent)
                 appended, projection = await append_and_project(self.store, self.projector, event, known)
@@ -218,9 +263,27 @@ class Ingestor:
             del self._inflight[key]
         return PushResult(appended.event.id, len(parsed.readings), False, await projection)
 
+    async def _stored_id(self, key: PushKey) -> str | None:
+        """The event id of a push the bus found a duplicate of but no longer holds: it is written, and in
+        the events table once projected (None if it is not within a few seconds)."""
+        for _ in range(STORED_ID_TRIES):
+            try:
+                found = (await self.recorder.known_pushes([key])).get(key)
+            except DatabaseError:
+                found = None
+            if found is not None:
+                return found
+            await asyncio.sleep(0.2)
+        return None
+
+    def forget(self, device_id: int) -> None:
+        """Read what is stored of the device from the database again (it was another node's)."""
+        self.known.forget(device_id)
+        self.sensors.forget(device_id)
+
     async def sync_device(
         self, user_id: int, device: dict[str, Any], readings: list[Reading] | None = None
-    ) -> Appended:
+    ) -> Appended | None:
         """Store one device object pulled from TLINK (with its `readings`, if already read) and project it."""
         device_id = parse_id(device["id"], "id")
         self.sensors.forget(device_id)  # its sensors list may name new sensors: count them again
@@ -235,11 +298,15 @@ class Ingestor:
         readings: list[Reading] | None = None,
         request: dict[str, Any] | None = None,
         source: dict[str, Any] | None = None,
-    ) -> Appended:
+    ) -> Appended | None:
         """Store an event of another type (a failed sync, a backfill page, an imported row) and project it;
         `readings`, when given, are what the body carries, already read; `request` is what was asked to get
-        `body`, `source` where an imported `body` was read."""
+        `body`, `source` where an imported `body` was read. Where it landed; None in cluster mode, where it is
+        published (and written by the device's node)."""
         event = self.store.new_event(type_, device_id, user_id, body, request, source)
+        if self.bus is not None:
+            await self.bus.publish(event, event.id)
+            return None
         known = None if readings is None else Parsed(readings)
         appended, projection = await append_and_project(self.store, self.projector, event, known)
         await projection

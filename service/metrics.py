@@ -13,6 +13,7 @@ import platform
 import time
 from collections.abc import Callable, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import (
@@ -35,6 +36,9 @@ from service.jobs.backfill import BackfillStats
 from service.jobs.retention import RetentionStats
 from service.jobs.sync import SyncReport, SyncStats
 from service.stream import StreamStats
+
+if TYPE_CHECKING:
+    from service.cluster.node import Node
 
 # The outcome of a push whose client disconnected before its body was received.
 ABORTED = "aborted"
@@ -204,6 +208,8 @@ class StateCollector(Collector):
         if services is not None:
             yield from self._repairs(services)
             yield from self._projection(services)
+            if services.node is not None:
+                yield from self._cluster(services.node)
         yield from self._sync()
         yield from self._backfill()
         yield from self._retention()
@@ -261,6 +267,30 @@ class StateCollector(Collector):
             "tlink_projection_database_available", "1 if the projector's last attempt reached the database.",
             value=int(projector.available),
         )  # fmt: skip
+
+    def _cluster(self, node: Node) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "tlink_bus_connected", "1 while this node is connected to a NATS server of BUS_URL.",
+            value=int(node.bus.connected),
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "tlink_bus_live_nodes", "Nodes that announced themselves on the bus within the lease time.",
+            value=node.leases.live_nodes,
+        )  # fmt: skip
+        partitions = node.partitions()
+        yield GaugeMetricFamily(
+            "tlink_bus_partitions_owned", "Partitions of the devices whose lease this node holds and writes.",
+            value=len(partitions),
+        )  # fmt: skip
+        lag = GaugeMetricFamily(
+            "tlink_bus_partition_lag",
+            "Messages of a partition this node writes, not yet written (as of its last fetch).",
+            labels=["partition"],
+        )  # fmt: skip
+        for state in partitions:
+            if state.lag is not None:
+                lag.add_metric([str(state.partition)], state.lag)
+        yield lag
 
     def _sync(self) -> Iterator[Metric]:
         stats = self._sync_stats

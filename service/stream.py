@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from eventlog.events import SYNC
 from projections.changes import Placed
-from projections.projector import Projector
 from projections.recorder import Position
 
 
@@ -84,8 +83,12 @@ class Subscription:
 class StreamHub:
     """The open streams by user, fed by the projector after each commit."""
 
-    def __init__(self, projector: Projector, format_event: Format, queue_events: int, stats: StreamStats) -> None:
-        self._projector = projector
+    def __init__(
+        self, positions: Callable[[], dict[int, Position]], format_event: Format, queue_events: int, stats: StreamStats
+    ) -> None:
+        """`positions`: how far the read models hold each device's log (Projector.positions; in cluster mode
+        Node.positions, which knows of what other nodes applied)."""
+        self._positions = positions
         self._format = format_event
         self.queue_events = queue_events
         self.stats = stats
@@ -104,7 +107,7 @@ class StreamHub:
             sub.close()
         self._by_user.setdefault(user_id, set()).add(sub)
         self.stats.open += 1
-        return sub, self._projector.positions()
+        return sub, self._positions()
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Forget a stream (its handler ends)."""

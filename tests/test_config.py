@@ -48,6 +48,9 @@ def test_env_example_values_are_the_defaults(monkeypatch, tmp_path):
         ("TLINK_SYNC_PAGE_SIZE", "500", "TLINK_SYNC_PAGE_SIZE"),
         ("TLINK_SYNC_INTERVAL_SECONDS", "1", "TLINK_SYNC_INTERVAL_SECONDS"),
         ("USE_HTTPS", "maybe", "USE_HTTPS"),
+        ("BUS_URL", "nats://h1:4222,http://h2:4222", "'http://h2:4222' is not a nats://"),
+        ("BUS_PARTITIONS", "0", "BUS_PARTITIONS"),
+        ("NODE_ROLE", "reader", "NODE_ROLE"),
         ("LOG_FORMAT", "xml", "LOG_FORMAT"),
     ],
 )

@@ -13,7 +13,7 @@ import pytest
 from eventlog.events import PUSH, ZERO_HASH, decode_line, line_hash
 from eventlog.files import device_days, log_path
 from eventlog.recovery import quarantine_path, repair_all
-from eventlog.store import LogStore, LogUnavailable
+from eventlog.store import LogLocked, LogStore, LogUnavailable
 from eventlog.verify import RecordedFile, verify
 from tests.conftest import Clock
 
@@ -218,3 +218,33 @@ async def test_more_files_in_one_flush_than_may_stay_open(log_root, clock):
     await store.close()
     assert all(len(lines_of(log_path(log_root, 100 + i, "2026-03-01"))) == 2 for i in range(20))
     assert verify(log_root).ok
+
+
+async def test_cluster_nodes_share_a_root_and_append_only_what_their_fence_allows(log_root, clock):
+    """Two stores with a fence (cluster nodes) on one root: each appends only the devices its fence lets it;
+    a device handed from one to the other continues its chain; a store without a fence cannot join."""
+    mine: dict[str, set[int]] = {"a": {2}, "b": {1}}
+    a = LogStore(log_root, clock=clock, fence=lambda d: None if d in mine["a"] else "not mine")
+    b = LogStore(log_root, clock=clock, fence=lambda d: None if d in mine["b"] else "not mine")
+    await a.open()
+    await b.open()
+    with pytest.raises(LogLocked):
+        await LogStore(log_root, clock=clock).open()
+    await append(b, 1, 0)
+    await append(a, 2, 0)
+    with pytest.raises(LogUnavailable, match="device 2 not appended: not mine"):
+        await append(b, 2, 1)
+    assert len(lines_of(log_path(log_root, 2, "2026-03-01"))) == 1
+    mine["a"], mine["b"] = {1, 2}, set()  # device 1 moves to a, then back to b, which forgets its old head
+    appended = await append(a, 1, 1)
+    assert b.durable_end(1) == a.durable_end(1) == (appended.day, appended.end)  # b: the files as they stand
+    mine["a"], mine["b"] = {2}, {1}
+    b.forget({1})
+    await append(b, 1, 2)
+    await a.close()
+    await b.close()
+    assert [orjson.loads(line)["body"]["n"] for line in lines_of(log_path(log_root, 1, "2026-03-01"))] == [0, 1, 2]
+    assert verify(log_root).ok
+    single = LogStore(log_root, clock=clock)
+    await single.open()  # once no cluster node holds the root
+    await single.close()

@@ -58,10 +58,17 @@ class Progress:
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to listen on (default: HOST setting)")
     parser.add_argument("--port", type=int, help="port to listen on (default: PORT setting)")
+    parser.add_argument(
+        "--role", choices=["all", "ingest", "writer"],
+        help="cluster mode (BUS_URL): receive pushes (ingest), write the partitions this node holds (writer),"
+        " or both (all; default: NODE_ROLE setting)",
+    )  # fmt: skip
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the HTTP service until SIGTERM/SIGINT."""
+    if args.role is not None:
+        settings = settings.model_copy(update={"NODE_ROLE": args.role})
     return run_server(settings, host=args.host, port=args.port)
 
 

@@ -9,11 +9,13 @@ on them.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
+from projections.changes import Placed
 from service.bootstrap import Services, open_services
 from service.config import Settings
 from service.http.api import answer_zone
@@ -52,6 +54,9 @@ from service.jobs.sync import SyncStats
 from service.metrics import new_metrics
 from service.stream import StreamHub, StreamStats
 
+if TYPE_CHECKING:
+    from service.cluster.node import Node
+
 
 def create_app(settings: Settings, **services: Any) -> web.Application:
     """The aiohttp application for these settings; nothing is opened until it starts.
@@ -89,19 +94,30 @@ def _services_ctx(options: dict[str, Any]) -> Any:
             backfill_stats=app[BACKFILL_STATS], **options
         ) as services:
             app[SERVICES] = services
+            node = services.node
             hub = StreamHub(
-                services.projector, LiveText(answer_zone(app[SETTINGS])), app[SETTINGS].STREAM_QUEUE_EVENTS,
-                app[STREAM_STATS],
-            )
-            services.projector.on_applied = hub.publish
+                services.projector.positions if node is None else node.positions,
+                LiveText(answer_zone(app[SETTINGS])), app[SETTINGS].STREAM_QUEUE_EVENTS, app[STREAM_STATS],
+            )  # fmt: skip
+            services.projector.on_applied = hub.publish if node is None else partial(_applied_here, hub, node)
+            if node is not None:
+                node.on_applied = hub.publish  # what the other nodes applied
             app[STREAM_HUB] = hub
             try:
                 yield
             finally:
                 services.projector.on_applied = None
+                if node is not None:
+                    node.on_applied = None
                 hub.close()
 
     return services_ctx
+
+
+def _applied_here(hub: StreamHub, node: Node, placed: list[Placed]) -> None:
+    """Cluster mode: what this node's projector applied goes to its own streams and to the other nodes'."""
+    hub.publish(placed)
+    node.announce(placed)
 
 
 async def close_streams(app: web.Application) -> None:

@@ -18,7 +18,7 @@ from aiohttp import web
 from service.http.api import answer
 from service.http.keys import READY_NOTES, SERVICES, SETTINGS
 from service.http.middleware.auth import key_ok
-from service.http.readiness import database_check, log_root_check, projection_check, reasons
+from service.http.readiness import bus_check, database_check, log_root_check, projection_check, reasons
 from service.http.schemas import HealthAnswer, ReadyAnswer
 
 
@@ -40,7 +40,8 @@ async def ready(request: web.Request) -> web.Response:
     log_root = log_root_check(settings.SYNC_LOG_DIR, detailed, notes)
     database = await database_check(services.db, notes)
     projection = projection_check(services.projector, detailed)
-    found = reasons(log_root, database, projection)
+    bus = None if services.node is None else bus_check(services.node, detailed)
+    found = reasons(log_root, database, projection, bus)
     data = {
         "status": "not ready" if found else "ready",
         "reasons": found,
@@ -48,6 +49,7 @@ async def ready(request: web.Request) -> web.Response:
             "logRoot": log_root.model_dump(),
             "database": database.model_dump(),
             "projection": projection.model_dump(),
+            **({} if bus is None else {"bus": bus.model_dump()}),
         },
     }
     return answer(ReadyAnswer, data, 503 if found else 200)

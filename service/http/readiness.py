@@ -7,14 +7,18 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from eventlog.files import log_path
 from projections.db import Database, DatabaseError, DatabaseUnavailable
 from projections.log_lines import DeviceStop
 from projections.projector import Projector
-from service.http.schemas import Check, ProjectionCheck, StoppedDevice
+from service.http.schemas import BusCheck, Check, PartitionLag, ProjectionCheck, StoppedDevice
 
 PING_TIMEOUT = 2.0
+
+if TYPE_CHECKING:
+    from service.cluster.node import Node
 
 log = logging.getLogger("tlink.health")
 
@@ -109,9 +113,19 @@ def projection_check(projector: Projector, detailed: bool = True) -> ProjectionC
     return ProjectionCheck(ok=ok, behindDevices=behind, queuedEvents=queued, failed=failed, stoppedDevices=stopped)
 
 
-def reasons(log_root: Check, database: Check, projection: ProjectionCheck) -> list[str]:
+def bus_check(node: Node, detailed: bool = True) -> BusCheck:
+    """The bus connection and the partitions this node writes, with their lag (`detailed`: naming the server)."""
+    bus = node.bus
+    partitions = [PartitionLag(partition=p.partition, lag=p.lag) for p in node.partitions()]
+    return BusCheck(ok=bus.connected, nodeId=node.node_id, role=node.role, server=bus.server if detailed else None,
+                    liveNodes=node.leases.live_nodes, partitions=partitions)  # fmt: skip
+
+
+def reasons(log_root: Check, database: Check, projection: ProjectionCheck, bus: BusCheck | None = None) -> list[str]:
     """Why the service is not ready, one sentence a failed check."""
     found = []
+    if bus is not None and not bus.ok:
+        found.append("bus: not connected to any NATS server of BUS_URL")
     if not log_root.ok:
         found.append(f"event log: {log_root.detail}")
     if not database.ok:

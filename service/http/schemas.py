@@ -307,12 +307,31 @@ class ProjectionCheck(Answer):
     )
 
 
+class PartitionLag(Answer):
+    """A partition of the devices that this node writes."""
+
+    partition: int
+    lag: int | None = Field(description="its messages on the bus not yet written (null: the bus did not answer)")
+
+
+class BusCheck(Answer):
+    """Cluster mode (BUS_URL): this node's connection to the bus and the partitions it writes."""
+
+    ok: bool = Field(description="connected to a NATS server")
+    nodeId: str
+    role: Literal["all", "ingest", "writer"]
+    server: str | None = Field(description="the NATS server the connection is on")
+    liveNodes: int = Field(description="nodes that announced themselves within the lease time")
+    partitions: list[PartitionLag] = Field(description="the partitions whose lease this node holds, and their lag")
+
+
 class ReadyChecks(Answer):
     """Every readiness check."""
 
     logRoot: Check
     database: Check
     projection: ProjectionCheck
+    bus: BusCheck | None = Field(None, description="only in cluster mode (BUS_URL)")
 
 
 class ReadyAnswer(Answer):

@@ -86,6 +86,9 @@ async def read_body(request: web.Request) -> bytes:
 async def receive_push(request: web.Request) -> web.Response:
     """Store one TLINK push; 200 only once its event line is on disk."""
     signature = check_credentials(request)
+    settings = request.app[SETTINGS]
+    if settings.BUS_URL and settings.NODE_ROLE == "writer":
+        raise ApiError(503, "this node only writes partitions (--role writer): send pushes to an ingest node")
     body = await read_body(request)
     authenticate(request, body, signature)
     services = request.app[SERVICES]

@@ -42,8 +42,16 @@ T = TypeVar("T")
 class ExclusiveJob(Generic[T]):
     """A job that never runs twice at once: scheduled runs skip while it is busy, manual runs wait."""
 
-    def __init__(self, name: str, work: Callable[..., Awaitable[T]], on_skip: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        work: Callable[..., Awaitable[T]],
+        on_skip: Callable[[], None] | None = None,
+        may_run: Callable[[], bool] | None = None,
+    ) -> None:
+        """`may_run` (cluster mode): asked before each scheduled run; a run it refuses is left to another node."""
         self.name = name
+        self._may_run = may_run
         self._work = work
         self._on_skip = on_skip
         self._lock = asyncio.Lock()
@@ -63,6 +71,9 @@ class ExclusiveJob(Generic[T]):
     async def scheduled(self) -> None:
         """The scheduler's entry: skipped while busy; an error is logged, never raised."""
         if self._stopping:
+            return
+        if self._may_run is not None and not self._may_run():
+            log.debug("%s left to the node that holds partition 0", self.name)
             return
         if self.busy:
             log.warning("%s skipped: the previous run is still going", self.name)
@@ -142,7 +153,7 @@ async def run_jobs(services: Services, retention_stats: RetentionStats) -> Async
 
     scheduler = new_scheduler(overlap)
     work = partial(run_retention, services.db, settings.SYNC_LOG_DIR, settings.LOG_AGE, retention_stats)
-    jobs = Jobs(scheduler, ExclusiveJob(RETENTION_JOB_ID, work), None)
+    jobs = Jobs(scheduler, ExclusiveJob(RETENTION_JOB_ID, work, may_run=_leader(services)), None)
     try:
         schedule(scheduler, RETENTION_JOB_ID, jobs.retention, RETENTION_INTERVAL_SECONDS, RETENTION_FIRST_RUN_SECONDS)
         jobs.sync = _schedule_sync(services, scheduler)
@@ -156,6 +167,14 @@ async def run_jobs(services: Services, retention_stats: RetentionStats) -> Async
         if scheduler.running:
             scheduler.shutdown(wait=False)
             await asyncio.sleep(0)  # AsyncIOScheduler.shutdown takes effect on the next loop turn
+
+
+def _leader(services: Services) -> Callable[[], bool] | None:
+    """In cluster mode, the scheduled jobs run on one node: the one that holds partition 0's lease."""
+    node = services.node
+    if node is None:
+        return None
+    return lambda: node.leads
 
 
 def _schedule_sync(services: Services, scheduler: AsyncIOScheduler) -> ExclusiveJob[SyncReport] | None:
@@ -172,7 +191,7 @@ def _schedule_sync(services: Services, scheduler: AsyncIOScheduler) -> Exclusive
     def skipped() -> None:
         stats.skipped_runs += 1
 
-    job = ExclusiveJob(SYNC_JOB_ID, services.sync.run, on_skip=skipped)
+    job = ExclusiveJob(SYNC_JOB_ID, services.sync.run, on_skip=skipped, may_run=_leader(services))
     schedule(scheduler, SYNC_JOB_ID, job, settings.TLINK_SYNC_INTERVAL_SECONDS)
     stats.interval_seconds = settings.TLINK_SYNC_INTERVAL_SECONDS
     log.info(
@@ -190,7 +209,7 @@ def _schedule_backfill(services: Services, scheduler: AsyncIOScheduler) -> Exclu
     if not settings.sync_configured:
         log.warning("BACKFILL_ENABLED is set but the TLINK sync is not configured: the backfill is not scheduled")
         return None
-    job = ExclusiveJob(BACKFILL_JOB_ID, services.backfill.run)
+    job = ExclusiveJob(BACKFILL_JOB_ID, services.backfill.run, may_run=_leader(services))
     schedule(scheduler, BACKFILL_JOB_ID, job, settings.BACKFILL_INTERVAL_SECONDS, BACKFILL_FIRST_RUN_SECONDS)
     log.info(
         "TLINK backfill scheduled every %d s", settings.BACKFILL_INTERVAL_SECONDS,
