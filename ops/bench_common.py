@@ -187,6 +187,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Keep every thread of a running process on these cores (threads it starts later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except OSError:
+            continue  # a thread that has just ended
+
+
 def machine_cpu_seconds(core: str = "") -> float:
     """CPU seconds all cores (or one core) have been busy since boot (everything but idle and iowait)."""
     name = f"cpu{core}"

@@ -10,11 +10,21 @@
 -- Request number g = counter * threads + thread id picks device g % devices, and the body
 -- `time` advances 60 s each time the round of devices starts again.
 -- done() prints one line `BENCH_RESULT {json}` with latency percentiles and status counts.
+-- Environment BENCH_HOSTS="127.0.0.1:P1,127.0.0.1:P2" (optional): thread i connects to host
+-- i % count instead of the URL's (several service nodes under one load; the path stays).
 
 local threads = {}
 local counter = 0
+local hosts = {}
+for host in (os.getenv("BENCH_HOSTS") or ""):gmatch("[^,]+") do
+  table.insert(hosts, host)
+end
 
 function setup(thread)
+  if #hosts > 0 then
+    local host, port = hosts[#threads % #hosts + 1]:match("^(.*):(%d+)$")
+    thread.addr = wrk.lookup(host, port)[1]
+  end
   thread:set("tid", #threads)
   table.insert(threads, thread)
 end

@@ -32,6 +32,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from datetime import UTC, datetime
@@ -335,10 +336,12 @@ def run_wrk(
     db_url: str | None,
     history: HistoryReader | None = None,
     streams: StreamClients | None = None,
+    hosts: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One wrk run at a concurrency on core 1; wrk's figures, the server's peak RSS, CPU and database work.
 
-    `level` numbers the run: each run sends bodies of its own times, so no push repeats.
+    `level` numbers the run: each run sends bodies of its own times, so no push repeats. `hosts`
+    ("127.0.0.1:PORT", ...): wrk's threads take turns connecting to them instead of the URL's host.
     """
     threads = max(1, min(args.threads, concurrency))
     command = [
@@ -355,7 +358,8 @@ def run_wrk(
         history.start()
     if streams is not None:
         streams.start()
-    wrk = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = dict(os.environ, BENCH_HOSTS=",".join(hosts)) if hosts else None
+    wrk = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     started = time.monotonic()
     peak_rss, wrk_cpu = 0, 0.0
     while wrk.poll() is None:

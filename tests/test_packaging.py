@@ -76,7 +76,7 @@ def pinned_version(requirement: Requirement) -> str:
 
 
 @pytest.mark.parametrize(
-    ("lock", "extras"), [(RUNTIME_LOCK, ()), (TEST_LOCK, ("test", "cluster"))], ids=["runtime", "test"]
+    ("lock", "extras"), [(RUNTIME_LOCK, ("cluster",)), (TEST_LOCK, ("test", "cluster"))], ids=["runtime", "test"]
 )
 def test_every_requirement_of_setup_cfg_is_pinned_in_its_lock(lock: Path, extras: tuple[str, ...]) -> None:
     pins = read_lock(lock)
@@ -312,7 +312,8 @@ def test_only_the_api_is_published_beyond_loopback(tmp_path: Path) -> None:
 
 
 def test_every_container_has_bounded_logs(tmp_path: Path) -> None:
-    for name, service in monitoring_config(tmp_path)["services"].items():
+    services = {**monitoring_config(tmp_path)["services"], **cluster_config(tmp_path)["services"]}
+    for name, service in services.items():
         logging = service.get("logging", {})
         assert logging.get("driver") == "json-file", name
         assert set(logging.get("options", {})) >= {"max-size", "max-file"}, name
@@ -349,3 +350,82 @@ def test_grafana_is_provisioned_with_the_stack_prometheus_and_the_dashboard(tmp_
     assert url.hostname in services and url.port == int(services["prometheus"]["ports"][0]["target"])
     dashboard_target = next(t for t, s in grafana.items() if s == "ops/grafana/tlink.json")
     assert posixpath.dirname(dashboard_target) == provider["options"]["path"]
+
+
+# ---- the cluster profile ----------------------------------------------------------------------
+
+NATS_SERVERS = ("nats-1", "nats-2", "nats-3")
+NODES = ("api-1", "api-2")
+
+
+def cluster_config(tmp_path: Path) -> dict[str, Any]:
+    return compose_config(tmp_path, "cluster", **PASSWORDS)
+
+
+def options(command: list[str]) -> dict[str, str]:
+    """A nats-server command line as {option: value} (a flag alone: "")."""
+    found, args = {}, list(command)
+    while args:
+        option = args.pop(0)
+        found[option] = args.pop(0) if args and not args[0].startswith("-") else ""
+    return found
+
+
+def test_without_the_cluster_profile_the_stack_is_unchanged(tmp_path: Path) -> None:
+    plain = compose_config(tmp_path, **PASSWORDS)
+    named = compose(tmp_path, "config", "--quiet", "nats-1", **PASSWORDS)
+
+    assert set(plain["services"]) == {"api", "mysql", "phpmyadmin"}
+    assert "BUS_URL" not in plain["services"]["api"]["environment"]
+    assert set(cluster_config(tmp_path)["services"]) == {"api", "mysql", "phpmyadmin", *NATS_SERVERS, *NODES}
+    assert named.returncode == 0, named.stderr  # naming a service of the profile turns it on
+
+
+def test_the_three_nats_servers_run_jetstream_and_route_to_each_other(tmp_path: Path) -> None:
+    services = cluster_config(tmp_path)["services"]
+    volumes = set()
+    for name in NATS_SERVERS:
+        server = services[name]
+        args = options(server["command"])
+        assert server["image"].startswith("nats:")
+        assert "-js" in args and args["-n"] == name and args["--cluster_name"] == "tlink"
+        cluster_port = urlsplit(args["-cluster"]).port
+        routes = {(url.hostname, url.port) for url in map(urlsplit, args["-routes"].split(","))}
+        assert routes == {(other, cluster_port) for other in NATS_SERVERS if other != name}
+        (volume,) = server["volumes"]
+        assert volume["type"] == "volume" and volume["target"] == args["-sd"]
+        volumes.add(volume["source"])
+        assert server.get("ports", []) == []
+        assert server["healthcheck"]["test"][0] == "CMD"
+    assert len(volumes) == 3, "each NATS server needs a volume of its own"
+
+
+def test_both_nodes_list_every_nats_server_with_three_replicas_and_share_logs_and_database(tmp_path: Path) -> None:
+    services = cluster_config(tmp_path)["services"]
+    api = services["api"]
+    node_ids, ports = set(), set()
+    for name in NODES:
+        node = services[name]
+        env = node["environment"]
+        bus = {(url.scheme, url.hostname, url.port) for url in map(urlsplit, env["BUS_URL"].split(","))}
+        assert bus == {("nats", server, 4222) for server in NATS_SERVERS}
+        assert env["BUS_REPLICAS"] == "3"
+        assert env["DATABASE_URL"] == api["environment"]["DATABASE_URL"]
+        assert env["DATABASE_PASSWORD"] == PASSWORDS["MYSQL_PASSWORD"]
+        assert node["image"] == api["image"]
+        logs = [v["source"] for v in node["volumes"] if v["target"] == "/app/logs"]
+        assert logs == [v["source"] for v in api["volumes"] if v["target"] == "/app/logs"]
+        healthy = {d for d, c in node["depends_on"].items() if c["condition"] == "service_healthy"}
+        assert healthy == {"mysql", *NATS_SERVERS}
+        node_ids.add(env["NODE_ID"])
+        ports.update(port["published"] for port in node["ports"])
+        assert node["logging"]["driver"] == "json-file"
+    assert len(node_ids) == 2 and len(ports) == 2
+    assert "5000" not in ports, "the nodes run beside the api's port"
+
+
+def test_the_cluster_profile_needs_the_database_passwords_too(tmp_path: Path) -> None:
+    result = compose(tmp_path, "--profile", "cluster", "config", "--quiet", MYSQL_ROOT_PASSWORD="r")
+
+    assert result.returncode != 0
+    assert "required variable MYSQL_PASSWORD is missing a value" in result.stderr
