@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from ops import nats_cluster
 from ops.private_mariadb import PrivateMariaDB
 from projections.db import mysql_connect, mysql_url, parse_database_url
 from service.config import Settings, load_settings
@@ -46,15 +47,25 @@ def fixture_bytes(name: str) -> bytes:
 def promtool() -> str:
     """promtool: the venv's (see ops/test) or one on PATH; missing, a failure in CI and a skip elsewhere."""
     found = str(VENV_PROMTOOL) if VENV_PROMTOOL.is_file() else shutil.which("promtool")
+    return required_tool(found, "promtool is missing: ./ops/test unpacks it from Debian's prometheus package into"
+                                " .venv/tools/ (apt-get download prometheus, then dpkg-deb -x)")  # fmt: skip
+
+
+def required_tool(found: str | None, message: str) -> str:
+    """`found`, the path of a program the test needs; missing, a failure in CI (ops/test installs it) and a skip
+    with `message` elsewhere."""
     if found is None:
-        message = (
-            "promtool is missing: ./ops/test unpacks it from Debian's prometheus package into .venv/tools/"
-            " (apt-get download prometheus, then dpkg-deb -x)"
-        )
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
     return found
+
+
+@pytest.fixture
+def nats_server() -> str:
+    """The nats-server binary the cluster tests start private servers from (see ops/test)."""
+    return required_tool(nats_cluster.NATS_SERVER if nats_cluster.available() else None,
+                         "nats-server is missing: ./ops/test installs Debian's nats-server package")  # fmt: skip
 
 
 def _mysql_admin() -> Any:

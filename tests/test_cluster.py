@@ -26,7 +26,6 @@ import pytest
 
 from eventlog.files import device_days, device_ids, log_path
 from eventlog.verify import verify
-from ops import nats_cluster
 from ops.nats_cluster import NatsCluster
 from ops.private_mariadb import query
 from ops.service_node import ServiceNode
@@ -37,7 +36,7 @@ from tests.conftest import fixture_bytes, mysql_database_url
 
 pytestmark = [
     pytest.mark.mysql, pytest.mark.slow,
-    pytest.mark.skipif(not nats_cluster.available(), reason="nats-server is not installed"),
+    pytest.mark.usefixtures("nats_server"),
 ]  # fmt: skip
 
 SAMPLE = orjson.loads(fixture_bytes("sample_push.json"))
