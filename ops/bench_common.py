@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import random
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -235,6 +236,40 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+class ChildProcess:
+    """A server process a test or benchmark started and may signal, kill (`kill -9`), pause (SIGSTOP), resume and
+    stop; `process` is None until it starts."""
+
+    process: subprocess.Popen[bytes] | None = None
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL, and wait for the process to go."""
+        if self.process is not None:
+            self.signal(signal.SIGKILL)
+            self.process.wait()
+
+    def pause(self) -> None:
+        self.signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.signal(signal.SIGCONT)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (a clean shutdown, of a paused process too), SIGKILL after `timeout`."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.resume()
+        self.signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -9,14 +9,13 @@ several on loopback ports that a caller can kill (`kill -9`), pause (SIGSTOP) an
 from __future__ import annotations
 
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
 
-from ops.bench_common import free_port
+from ops.bench_common import ChildProcess, free_port
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 
@@ -26,7 +25,7 @@ def available() -> bool:
     return Path(NATS_SERVER).exists()
 
 
-class NatsServer:
+class NatsServer(ChildProcess):
     """One nats-server with JetStream on its own client port and storage folder."""
 
     def __init__(self, folder: Path, name: str, cluster_port: int | None = None, routes: list[int] | None = None,
@@ -68,27 +67,6 @@ class NatsServer:
                 time.sleep(0.05)
         raise RuntimeError(f"nats-server {self.name} did not open port {self.port}")
 
-    def signal(self, sig: signal.Signals) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-
-    def kill(self) -> None:
-        """SIGKILL, and wait for the process to go."""
-        if self.process is not None:
-            self.signal(signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        """SIGTERM (a clean shutdown), SIGKILL after 10 s."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.signal(signal.SIGCONT)
-        self.signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
 
 class NatsCluster:
     """`size` nats-servers routed to each other (size 1: a single server without clustering)."""
@@ -114,10 +92,10 @@ class NatsCluster:
         self.servers[index].kill()
 
     def pause(self, index: int) -> None:
-        self.servers[index].signal(signal.SIGSTOP)
+        self.servers[index].pause()
 
     def resume(self, index: int) -> None:
-        self.servers[index].signal(signal.SIGCONT)
+        self.servers[index].resume()
 
     def stop(self) -> None:
         for server in self.servers:

@@ -9,7 +9,6 @@ pause (SIGSTOP) and resume service nodes; with `bus_url`, a cluster node (see op
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,12 +16,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ops.bench_common import free_port
+from ops.bench_common import ChildProcess, free_port
 
 TLINK_PUSH = str(Path(sys.executable).with_name("tlink-push"))
 
 
-class ServiceNode:
+class ServiceNode(ChildProcess):
     """One service process: plain HTTP, the log root `logs` under `workdir` (shared by nodes of one workdir)."""
 
     def __init__(self, workdir: Path, database_url: str, bus_url: str = "", node_id: str = "", role: str = "all",
@@ -74,30 +73,3 @@ class ServiceNode:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"node {self.node_id} did not answer within {seconds:g} s; see {self.log_file}")
-
-    def signal(self, sig: signal.Signals) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-
-    def kill(self) -> None:
-        """kill -9, and wait for the process to go."""
-        if self.process is not None:
-            self.signal(signal.SIGKILL)
-            self.process.wait()
-
-    def pause(self) -> None:
-        self.signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self.signal(signal.SIGCONT)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM (graceful shutdown), kill -9 after `timeout`."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.resume()
-        self.signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()

@@ -13,12 +13,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from eventlog.files import device_days, device_ids, log_path
 from ops import nats_cluster
 from ops.private_mariadb import PrivateMariaDB
-from projections.db import mysql_connect, mysql_url, parse_database_url
+from projections.db import connect, mysql_connect, mysql_url, parse_database_url
 from service.config import Settings, load_settings
 from service.http.app import create_app
 
@@ -189,3 +191,22 @@ def fake_tlink_settings(url: str, user: int = 385) -> dict[str, Any]:
         "TLINK_OAUTH_PASSWORD": "demo",
         "TLINK_SYNC_USER_IDS": str(user),
     }
+
+
+def logged_sequence_numbers(root: Path) -> list[int]:
+    """The body field `seq` of every line in the log under `root` (tests that number their pushes)."""
+    found = []
+    for device_id in device_ids(root):
+        for day in device_days(root, device_id):
+            for line in log_path(root, device_id, day).read_bytes().splitlines():
+                found.append(orjson.loads(line)["body"]["seq"])
+    return found
+
+
+async def dump(url: str, tables: tuple[str, ...]) -> dict[str, list[str]]:
+    """Every row of `tables` in the database of `url`, sorted, for comparing two databases."""
+    db = await connect(url)
+    try:
+        return {t: sorted(map(repr, await db.fetchall(f"SELECT * FROM {t}"))) for t in tables}  # type: ignore[misc]
+    finally:
+        await db.close()

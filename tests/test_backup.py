@@ -16,9 +16,8 @@ import pytest
 
 from eventlog.backup import MANIFEST, PREVIOUS_MANIFEST, backup, check_backup
 from eventlog.files import device_days, log_path
-from projections.db import connect
 from projections.schema import READ_MODEL_TABLES
-from tests.conftest import fixture_bytes, mysql_database_url, run_cli
+from tests.conftest import dump, fixture_bytes, mysql_database_url, run_cli
 
 SAMPLE = orjson.loads(fixture_bytes("sample_push.json"))
 
@@ -49,12 +48,7 @@ def another_database(database_url: str, tmp_path: Path) -> Iterator[str]:
         yield from mysql_database_url()
 
 
-async def dump(url: str, tables: tuple[str, ...]) -> dict[str, list[str]]:
-    db = await connect(url)
-    try:
-        return {t: sorted(map(repr, await db.fetchall(f"SELECT * FROM {t}"))) for t in tables}  # type: ignore[misc]
-    finally:
-        await db.close()
+
 
 
 def manifest(folder: Path) -> dict[str, Any]:

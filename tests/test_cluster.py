@@ -24,7 +24,6 @@ import aiohttp
 import orjson
 import pytest
 
-from eventlog.files import device_days, device_ids, log_path
 from eventlog.verify import verify
 from ops.nats_cluster import NatsCluster
 from ops.private_mariadb import query
@@ -32,7 +31,7 @@ from ops.service_node import ServiceNode
 from projections.db import connect
 from projections.replay import replay_logs
 from projections.schema import READ_MODEL_TABLES
-from tests.conftest import fixture_bytes, mysql_database_url
+from tests.conftest import dump, fixture_bytes, logged_sequence_numbers, mysql_database_url
 
 pytestmark = [
     pytest.mark.mysql, pytest.mark.slow,
@@ -109,17 +108,11 @@ def written_up(nodes: list[ServiceNode]) -> bool:
     )
 
 
-def logged_seqs(root: Path) -> list[int]:
-    found = []
-    for device_id in device_ids(root):
-        for day in device_days(root, device_id):
-            for line in log_path(root, device_id, day).read_bytes().splitlines():
-                found.append(orjson.loads(line)["body"]["seq"])
-    return found
+
 
 
 def log_lines(root: Path) -> int:
-    return len(logged_seqs(root))
+    return len(logged_sequence_numbers(root))
 
 
 async def push_all(targets: list[ServiceNode], numbers: Iterable[int], acknowledged: dict[int, dict[str, Any]],
@@ -161,12 +154,7 @@ async def streamed_ids(node: ServiceNode, user_id: int, opened: asyncio.Event, w
     return got
 
 
-async def dump(url: str, tables: tuple[str, ...]) -> dict[str, list[str]]:
-    db = await connect(url)
-    try:
-        return {t: sorted(map(repr, await db.fetchall(f"SELECT * FROM {t}"))) for t in tables}  # type: ignore[misc]
-    finally:
-        await db.close()
+
 
 
 async def test_kill_a_node_then_a_nats_server_loses_nothing_and_doubles_nothing(tmp_path, database):
@@ -198,7 +186,7 @@ async def test_kill_a_node_then_a_nats_server_loses_nothing_and_doubles_nothing(
             assert any(answer["projected"] for answer in acknowledged.values())
             assert any(not answer["projected"] for answer in acknowledged.values())
 
-            logged = logged_seqs(root)
+            logged = logged_sequence_numbers(root)
             assert len(logged) == len(set(logged)), "an event was logged twice"
             assert set(acknowledged) <= set(logged), "an acknowledged push is missing from the log"
             events = query(database, "SELECT COUNT(*), COUNT(DISTINCT event_id) FROM events")
@@ -271,7 +259,7 @@ async def test_a_node_paused_past_its_lease_appends_nothing_when_resumed(tmp_pat
         finally:
             a.stop()
             b.stop()
-    logged = logged_seqs(root)
+    logged = logged_sequence_numbers(root)
     assert sorted(logged) == sorted(acknowledged) == sorted([*range(800), *of_b])
     total = len(acknowledged)
     assert query(database, "SELECT COUNT(*), COUNT(DISTINCT event_id) FROM events") == [(total, total)]

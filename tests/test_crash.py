@@ -14,11 +14,10 @@ import aiohttp
 import orjson
 import pytest
 
-from eventlog.files import device_days, device_ids, log_path
 from eventlog.verify import verify
 from ops.bench_common import free_port
 from ops.private_mariadb import query
-from tests.conftest import fixture_bytes, mysql_database_url
+from tests.conftest import fixture_bytes, logged_sequence_numbers, mysql_database_url
 
 pytestmark = [pytest.mark.mysql, pytest.mark.slow]
 
@@ -75,13 +74,7 @@ async def push_until_killed(port: int, server: subprocess.Popen[bytes], total: i
     return acknowledged
 
 
-def logged_sequence_numbers(root: Path) -> list[int]:
-    found = []
-    for device_id in device_ids(root):
-        for day in device_days(root, device_id):
-            for line in log_path(root, device_id, day).read_bytes().splitlines():
-                found.append(orjson.loads(line)["body"]["seq"])
-    return found
+
 
 
 async def test_kill_9_loses_no_acknowledged_push_and_doubles_none(tmp_path):
