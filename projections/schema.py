@@ -72,9 +72,12 @@ async def apply_schema(db: Database) -> None:
 async def create_tables(db: Database) -> None:
     """Create missing tables and indexes, and record the schema version."""
     await db.execute_script(schema_script(db.kind))
+    # One upsert, not a delete and an insert: nodes of a cluster starting together on a new database would
+    # deadlock on the two statements' locks (MySQL error 1213).
+    upsert = ("ON DUPLICATE KEY UPDATE version = VALUES(version)" if db.kind == "mysql"
+              else "ON CONFLICT (name) DO UPDATE SET version = excluded.version")  # fmt: skip
     async with db.transaction() as cur:
-        await cur.execute("DELETE FROM schema_info WHERE name = 'tables'")
-        await cur.execute("INSERT INTO schema_info (name, version) VALUES ('tables', %s)", [SCHEMA_VERSION])
+        await cur.execute(f"INSERT INTO schema_info (name, version) VALUES ('tables', %s) {upsert}", [SCHEMA_VERSION])
 
 
 async def drop_all(db: Database) -> None:

@@ -73,3 +73,17 @@ async def test_other_commands_refuse_an_older_database(database_url):
             await apply_schema(db)
     finally:
         await db.close()
+
+
+async def test_nodes_starting_together_on_a_new_database_all_apply_the_schema(database_url):
+    # Cluster nodes (and a replay started beside a service) may all create the tables of a new database at once.
+    dbs = [await connect(database_url) for _ in range(6)]
+    try:
+        for _ in range(3):
+            await asyncio.gather(*(apply_schema(db) for db in dbs))
+        assert {await stored_version(db) for db in dbs} == {SCHEMA_VERSION}
+        rows = await dbs[0].fetchall("SELECT name, version FROM schema_info")
+        assert [tuple(row) for row in rows] == [("tables", SCHEMA_VERSION)]
+    finally:
+        for db in dbs:
+            await db.close()
