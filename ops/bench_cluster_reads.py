@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pymysql
 
 from ops.nats_cluster import NatsCluster
 from ops.service_node import ServiceNode
-from projections.db import parse_database_url
+from projections.db import mysql_connect, mysql_url, parse_database_url
 
 SAMPLE: dict[str, Any] = {
     "flag": "00", "deviceUserid": 385, "parentUserId": "217", "time": "2019-05-10 14:16:21", "deviceId": 0,
@@ -69,10 +68,9 @@ def main() -> None:
     args = parser.parse_args()
     url = parse_database_url(args.mysql_url)
     name = f"tlink_bench_{uuid.uuid4().hex[:8]}"
-    admin = pymysql.connect(host=url.host, port=url.port, user=url.user, password=url.password, autocommit=True)
+    admin = mysql_connect(url, None, autocommit=True)
     admin.cursor().execute(f"CREATE DATABASE {name}")
-    auth = url.user + (f":{url.password}" if url.password else "")
-    database = f"mysql://{auth}@{url.host}:{url.port}/{name}"
+    database = mysql_url(url, name)
     folder = Path(tempfile.mkdtemp(prefix="bench-cluster-reads-"))
     try:
         with NatsCluster(folder / "nats", size=1) as cluster:

@@ -35,7 +35,7 @@ import orjson
 from eventlog.events import LEGACY, format_instant, utc_now
 from eventlog.files import device_days, device_ids, first_line, fsync_dir, log_path, read_lines, side_files
 from eventlog.foreign import LEGACY_PIPE_LINE, describe_line
-from projections.db import parse_database_url
+from projections.db import mysql_connect, parse_database_url
 from projections.readings import (
     LEGACY_DEVICES,
     LEGACY_READINGS,
@@ -182,11 +182,8 @@ class OldDatabase:
         import pymysql.cursors
 
         try:
-            self.conn = pymysql.connect(
-                host=self.url.host, port=self.url.port, user=self.url.user, password=self.url.password,
-                database=self.url.database, charset="utf8mb4", connect_timeout=5,
-                cursorclass=pymysql.cursors.DictCursor,
-            )  # fmt: skip
+            self.conn = mysql_connect(self.url, self.url.database, charset="utf8mb4", connect_timeout=5,
+                                      cursorclass=pymysql.cursors.DictCursor)  # fmt: skip
         except pymysql.Error as exc:
             raise LegacyError(f"cannot read the old database {self.shown}: {exc}") from None
         for table, needed in REQUIRED_COLUMNS.items():

@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
-import pymysql
 import pytest
 
 from eventlog.events import LEGACY, Event, decode_line, encode_line, utc_now
-from projections.db import parse_database_url, split_statements
+from projections.db import mysql_connect, parse_database_url, split_statements
 from projections.readings import InvalidBody, legacy_line_readings, legacy_readings
 from tests.conftest import FIXTURES, mysql_database_url, run_cli
 
@@ -36,8 +35,7 @@ UNPLACED = (
 
 def load_script(url: str, *names: str) -> None:
     parsed = parse_database_url(url)
-    conn = pymysql.connect(host=parsed.host, port=parsed.port, user=parsed.user, password=parsed.password,
-                           database=parsed.database, autocommit=True)  # fmt: skip
+    conn = mysql_connect(parsed, parsed.database, autocommit=True)
     try:
         with conn.cursor() as cursor:
             for name in names:
