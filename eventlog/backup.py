@@ -259,12 +259,14 @@ def _back_up_file(
                         f" the file has there ({end} bytes of complete lines now): the file changed behind the log;"
                         " back up into an empty folder and keep both"
                     )
-                report.bytes_copied += _copy(handle, target, before.size, end)
+                entry = _copy(handle, target, relative, before.size, end)
+                report.bytes_copied += end - before.size
                 report.extended += 1
-                return _describe(target, relative)
-        report.bytes_copied += _copy(handle, target, 0, end)
+                return entry
+        entry = _copy(handle, target, relative, 0, end)
+        report.bytes_copied += end
         report.copied += 1
-    return _describe(target, relative)
+    return entry
 
 
 def _hash_of_line_ending_at(handle: BinaryIO, end: int) -> str | None:
@@ -273,32 +275,37 @@ def _hash_of_line_ending_at(handle: BinaryIO, end: int) -> str | None:
     return None if line is None else line_hash(line)
 
 
-def _copy(handle: BinaryIO, target: Path, start: int, end: int) -> int:
-    """Bytes [start, end) of the open source into `target` (truncated to `start` first), fsynced; the bytes copied."""
+def _copy(handle: BinaryIO, target: Path, relative: str, start: int, end: int) -> FileEntry:
+    """Bytes [start, end) of the open source into `target` (truncated to `start` first), fsynced; the copy's
+    manifest entry, hashed as it is written (only the `start` bytes already there are read back)."""
     if not target.parent.is_dir():
         target.parent.mkdir(parents=True)
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o644)
+    digest, lines = hashlib.sha256(), 0
+    fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         os.ftruncate(fd, start)
+        kept = start
+        while kept > 0 and (chunk := os.read(fd, min(READ_CHUNK, kept))):
+            digest.update(chunk)
+            lines += chunk.count(b"\n")
+            kept -= len(chunk)
+        if kept:
+            raise BackupError(f"{target}: {kept} bytes of its earlier copy could not be read back")
         os.lseek(fd, start, os.SEEK_SET)
         handle.seek(start)
         left = end - start
         while left > 0 and (chunk := handle.read(min(READ_CHUNK, left))):
             os.write(fd, chunk)
+            digest.update(chunk)
+            lines += chunk.count(b"\n")
             left -= len(chunk)
         if left:
             raise BackupError(f"{target}: its source ended {left} bytes early while being copied")
         os.fsync(fd)
     finally:
         os.close(fd)
-    return end - start
-
-
-def _describe(path: Path, relative: str) -> FileEntry:
-    """A file's manifest entry, from its bytes."""
-    digest, lines, size = _hash_and_lines(path)
-    last, _ = last_line_and_size(path)
-    return FileEntry(relative, size, lines, None if last is None else line_hash(last), digest)
+    last = line_ending_at(handle, complete_end(handle, end))  # the copy's last complete line: the source's
+    return FileEntry(relative, end, lines, None if last is None else line_hash(last), digest.hexdigest())
 
 
 def _hash_and_lines(path: Path) -> tuple[str, int, int]:
@@ -371,7 +378,8 @@ def restore(source: Path, root: Path, progress: Progress | None = None) -> list[
             target = root / entry.path
             folders.update(p for p in target.parents if p.is_relative_to(root))
             with open(source / entry.path, "rb") as handle:
-                _copy(handle, target, 0, entry.size)
+                if _copy(handle, target, entry.path, 0, entry.size) != entry:  # changed since check_backup read it
+                    raise BackupError(f"{source / entry.path}: it changed while being restored; restore again")
         for folder in sorted(folders, key=lambda p: -len(p.parts)):
             fsync_dir(folder)
     except OSError as exc:

@@ -199,10 +199,10 @@ def backup_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
         report = backup(settings.SYNC_LOG_DIR, args.dest, progress)
     except BackupError as exc:
-        progress.done()
         print(f"tlink-push backup: {exc}", file=sys.stderr)
         return 1
-    progress.done()
+    finally:
+        progress.done()
     for relative in report.kept:
         print(f"kept {relative}: no longer in the log root")
     print(
